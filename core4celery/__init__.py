@@ -1,0 +1,25 @@
+"""core4celery: core4's job semantics on Celery with a MongoDB registry."""
+
+from .backend import JobFailed
+from .core import Core4
+from .errors import (
+    ConfigurationError,
+    Core4Error,
+    InvalidArguments,
+    InvalidOption,
+    JobExists,
+    JobNotFound,
+    OperationRefused,
+    UnknownTask,
+)
+from .settings import Settings
+from .signals import JobDeferred
+from .states import State
+from .task import Core4Task
+
+__all__ = [
+    "ConfigurationError", "Core4", "Core4Error", "Core4Task", "InvalidArguments", "InvalidOption",
+    "JobDeferred", "JobExists", "JobFailed", "JobNotFound", "OperationRefused", "Settings", "State",
+    "UnknownTask",
+]
+__version__ = "0.1.0"

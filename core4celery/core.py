@@ -1,0 +1,164 @@
+"""``Core4``: the handle that wires core4 semantics into one Celery app.
+
+It owns the settings, the registry and the dispatcher, adds the worker
+bootstep, and offers the control API (enqueue, get). Everything is created
+lazily so importing an app module does not connect to MongoDB.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime, timezone
+from functools import cached_property
+from typing import Any
+
+from bson import ObjectId
+from celery import Celery, Task
+from celery.result import AsyncResult
+
+from .backend import RegistryBackend
+from .clock import later, now
+from .dispatcher import Dispatcher
+from .errors import InvalidArguments, JobNotFound, UnknownTask
+from .jsonargs import args_hash, check_json
+from .options import ENQUEUE_OPTIONS
+from .registry import Doc, Registry
+from .settings import Settings
+from .states import State
+
+APP_DEFAULTS = {
+    "worker_prefetch_multiplier": 1,
+    "accept_content": ["json"],
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "event_serializer": "json",
+    "broker_transport_options": {"ttl": True, "polling_interval": 0.05},
+}
+
+
+class Core4:
+    def __init__(self, app: Celery, settings: Settings | None = None) -> None:
+        from .worker import Core4WorkerStep
+
+        self.app = app
+        if settings is not None:
+            self.__dict__["settings"] = settings
+        self._worker_id: str | None = None
+        app.core4celery = self  # type: ignore[attr-defined]
+        app.add_defaults(APP_DEFAULTS)
+        app.steps["worker"].add(Core4WorkerStep)
+        # tasks defined from here on are created (and validated) at decoration time
+        app.finalize()
+
+    @cached_property
+    def settings(self) -> Settings:
+        return Settings.from_conf(self.app.conf)
+
+    @cached_property
+    def registry(self) -> Registry:
+        registry = Registry(self.settings)
+        registry.ensure_indexes()
+        return registry
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(self.registry, self.app)
+
+    @cached_property
+    def backend(self) -> RegistryBackend:
+        return RegistryBackend(self.app, self.registry)
+
+    def attach_worker(self, worker_id: str) -> None:
+        """Called in the worker's main process before the pool forks."""
+        self._worker_id = worker_id
+
+    def worker_id(self, hostname: str) -> str:
+        return self._worker_id or f"{hostname}:{os.getpid()}"
+
+    # -- enqueue -----------------------------------------------------------
+    def task(self, task: Task | str) -> Any:
+        """The registered core4 task for a task object or name."""
+        from .task import Core4Task
+
+        name = task if isinstance(task, str) else getattr(task, "name", None)
+        found = self.app.tasks.get(name) if isinstance(name, str) else None
+        if not isinstance(found, Core4Task):
+            known = sorted(n for n, t in self.app.tasks.items() if isinstance(t, Core4Task))
+            raise UnknownTask(f"{name!r} is not a registered core4 task; known: {', '.join(known) or 'none'}")
+        return found
+
+    def enqueue(self, task: Task | str, /, **kwargs: Any) -> str:
+        """core4-style enqueue: option names set options, everything else is an argument."""
+        mid = kwargs.pop("_mid", None)
+        found = self.task(task)
+        options = {key: kwargs.pop(key) for key in ENQUEUE_OPTIONS if key in kwargs}
+        explicit = kwargs.pop("args", None) or {}
+        if not isinstance(explicit, dict):
+            raise InvalidArguments(f"args must be a dict, got {type(explicit).__name__}")
+        arguments = found.bind_arguments((), {**explicit, **kwargs})
+        return self.submit(found, arguments, options=options, mid=mid)
+
+    def submit(
+        self,
+        task: Any,
+        arguments: dict[str, Any],
+        *,
+        options: dict[str, Any] | None = None,
+        priority: int | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        queue: str | None = None,
+        mid: str | None = None,
+    ) -> str:
+        """Validate everything, then write the job with one insert (nothing half-written)."""
+        check_json(arguments, f"arguments of {task.name}")
+        overrides = dict(options or {})
+        if priority is not None:
+            overrides["priority"] = priority
+        job_options = task.core4_options.override(overrides)
+        query_at = self._first_due(countdown, eta)
+        stamp = now()
+        doc: Doc = {
+            "_id": ObjectId(), "name": task.name, "args": arguments,
+            "args_hash": args_hash(task.name, arguments, mid), "mid": mid,
+            "state": State.PENDING.value, **job_options.as_document(),
+            "attempts_left": job_options.attempts, "trial": 0, "query_at": query_at,
+            "enqueued": {"at": stamp, "hostname": socket.gethostname(), "parent_id": None},
+            "started_at": None, "finished_at": None, "runtime": 0.0, "locked": None,
+            "prog": {"value": None, "message": None}, "last_error": None, "inactive_at": None,
+            "killed_at": None, "removed_at": None, "zombie_at": None, "wall_at": None, "queue": queue,
+        }
+        self.registry.insert(doc)
+        self.dispatch()
+        return str(doc["_id"])
+
+    @staticmethod
+    def _first_due(countdown: float | None, eta: datetime | None) -> datetime:
+        if countdown is not None and eta is not None:
+            raise InvalidArguments("pass countdown or eta, not both")
+        if countdown is not None:
+            if isinstance(countdown, bool) or not isinstance(countdown, (int, float)) or countdown < 0:
+                raise InvalidArguments(f"countdown must be a number >= 0, got {countdown!r}")
+            return later(countdown)
+        if eta is not None:
+            if not isinstance(eta, datetime):
+                raise InvalidArguments(f"eta must be a datetime, got {eta!r}")
+            # naive datetimes are taken as UTC, like everything in the registry
+            return eta.astimezone(timezone.utc).replace(tzinfo=None) if eta.tzinfo else eta
+        return now()
+
+    def dispatch(self) -> int:
+        """Issue tickets for due jobs now instead of waiting for a worker's timer."""
+        return self.dispatcher.run()
+
+    # -- read --------------------------------------------------------------
+    def get(self, job_id: str) -> Doc:
+        doc = self.registry.find(job_id)
+        if doc is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        doc["_id"] = str(doc["_id"])
+        return doc
+
+    def AsyncResult(self, job_id: str) -> AsyncResult:  # noqa: N802 - Celery's spelling
+        return AsyncResult(job_id, backend=self.backend, app=self.app)

@@ -1,0 +1,50 @@
+"""Cluster-wide ``max_parallel`` slots, one small document per job name.
+
+A slot is taken by pushing the job id into ``holders`` with a filter that only
+matches while fewer than N ids are there, so the check and the take are one
+atomic update; two dispatchers cannot both take the last slot.
+"""
+
+from __future__ import annotations
+
+from bson import ObjectId
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from .registry import Doc
+
+
+class Gates:
+    def __init__(self, collection: Collection[Doc]) -> None:
+        self._gates = collection
+        self._known: set[str] = set()
+
+    def _ensure(self, name: str) -> None:
+        if name in self._known:
+            return
+        try:
+            self._gates.update_one({"_id": name}, {"$setOnInsert": {"holders": []}}, upsert=True)
+        except DuplicateKeyError:  # a concurrent upsert created it
+            pass
+        self._known.add(name)
+
+    def acquire(self, name: str, job_id: ObjectId, limit: int) -> bool:
+        """True if the job holds a slot (also when it held one already)."""
+        self._ensure(name)
+        taken = self._gates.update_one(
+            {"_id": name, f"holders.{limit - 1}": {"$exists": False}, "holders": {"$ne": job_id}},
+            {"$push": {"holders": job_id}},
+        )
+        if taken.matched_count:
+            return True
+        return self._gates.count_documents({"_id": name, "holders": job_id}, limit=1) == 1
+
+    def release(self, name: str, job_id: ObjectId) -> None:
+        self._gates.update_one({"_id": name}, {"$pull": {"holders": job_id}})
+
+    def holders(self, name: str) -> list[ObjectId]:
+        doc = self._gates.find_one({"_id": name})
+        return list(doc["holders"]) if doc else []
+
+    def all(self) -> list[Doc]:
+        return list(self._gates.find({}))

@@ -1,0 +1,85 @@
+"""The one validated settings object.
+
+Read once from ``app.conf`` and the environment, then passed around frozen, so
+a worker, its pool children and the CLI all agree on the same values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from pymongo.uri_parser import parse_uri
+
+from .errors import ConfigurationError
+
+ENV_URL = "CORE4CELERY_MONGODB_URL"
+CONF_PREFIX = "core4celery_"
+DEFAULT_DATABASE = "core4celery"
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a MongoDB URL for logs and error messages."""
+    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1****@", url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tunable knobs; every duration is in seconds."""
+
+    mongodb_url: str
+    database: str = DEFAULT_DATABASE
+    collection_prefix: str = "core4"
+    dispatch_interval: float = 0.25
+    heartbeat_interval: float = 1.0
+    worker_timeout: float = 10.0
+    ticket_lease: float = 30.0
+    run_lease: float = 15.0
+    dispatch_scan: int = 200
+
+    def __post_init__(self) -> None:
+        if not self.mongodb_url.startswith(("mongodb://", "mongodb+srv://")):
+            raise ConfigurationError(
+                f"core4celery needs a mongodb:// URL, got {mask_url(self.mongodb_url)!r}"
+            )
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type == "float" and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigurationError(f"setting {field.name} must be a number > 0, got {value!r}")
+        if self.heartbeat_interval * 2 > self.worker_timeout:
+            raise ConfigurationError("worker_timeout must be at least twice heartbeat_interval")
+        if self.heartbeat_interval * 2 > self.run_lease:
+            raise ConfigurationError("run_lease must be at least twice heartbeat_interval")
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.mongodb_url)
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+        """Environment wins over ``app.conf``; the broker URL is the last fallback."""
+        env = os.environ if environ is None else environ
+        broker = str(conf.get("broker_url") or "")
+        url = env.get(ENV_URL) or conf.get(CONF_PREFIX + "mongodb_url") or broker
+        if not url:
+            raise ConfigurationError(
+                f"no MongoDB URL: set {ENV_URL}, app.conf.core4celery_mongodb_url "
+                "or use a mongodb:// broker"
+            )
+        extra: dict[str, Any] = {}
+        for field in fields(cls):
+            key = CONF_PREFIX + field.name
+            if field.name not in ("mongodb_url", "database") and conf.get(key) is not None:
+                extra[field.name] = conf.get(key)
+        return cls(mongodb_url=url, database=database_of(url), **extra)
+
+
+def database_of(url: str) -> str:
+    try:
+        parsed = parse_uri(url)
+    except Exception as exc:  # pymongo raises several types for bad URLs
+        raise ConfigurationError(f"invalid MongoDB URL {mask_url(url)!r}: {exc}") from None
+    return parsed.get("database") or DEFAULT_DATABASE

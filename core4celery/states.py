@@ -1,0 +1,66 @@
+"""core4's job states and every allowed transition, in one table.
+
+Each transition is applied as one guarded ``update_one`` whose filter names
+the states it may start from, so two processes racing for the same job can
+never both win (see :meth:`core4celery.registry.Registry.transition`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class State(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    COMPLETE = "complete"
+    ERROR = "error"
+    INACTIVE = "inactive"
+    KILLED = "killed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+WAITING = (State.PENDING, State.DEFERRED, State.FAILED)
+STOPPED = (State.ERROR, State.INACTIVE, State.KILLED)
+FINAL = (State.COMPLETE, *STOPPED)
+
+
+@dataclass(frozen=True)
+class Transition:
+    name: str
+    sources: tuple[State, ...]
+    target: State | None  # None keeps the state and only changes fields
+
+    def filter(self) -> dict[str, object]:
+        return {"state": {"$in": [s.value for s in self.sources]}}
+
+
+# dispatch: a waiting job gets a ticket; it stays in its state until a worker starts it
+DISPATCH = Transition("dispatch", WAITING, None)
+# requeue: a ticket was issued but never started within the lease (lost ticket)
+REQUEUE = Transition("requeue", WAITING, None)
+START = Transition("start", WAITING, State.RUNNING)
+COMPLETE = Transition("complete", (State.RUNNING,), State.COMPLETE)
+DEFER = Transition("defer", (State.RUNNING,), State.DEFERRED)
+FAIL = Transition("fail", (State.RUNNING,), State.FAILED)
+ERROR = Transition("error", (State.RUNNING,), State.ERROR)
+INACTIVATE = Transition("inactivate", (State.DEFERRED,), State.INACTIVE)
+# recover: the worker running the job died; the job goes back to the queue
+RECOVER = Transition("recover", (State.RUNNING,), State.PENDING)
+KILL_WAITING = Transition("kill_waiting", WAITING, State.KILLED)
+KILL_RUNNING = Transition("kill_running", (State.RUNNING,), State.KILLED)
+RESTART_WAITING = Transition("restart_waiting", (State.DEFERRED, State.FAILED), None)
+ARCHIVE_STOPPED = Transition("archive_stopped", STOPPED, None)
+
+TRANSITIONS = {
+    t.name: t
+    for t in (
+        DISPATCH, REQUEUE, START, COMPLETE, DEFER, FAIL, ERROR, INACTIVATE,
+        RECOVER, KILL_WAITING, KILL_RUNNING, RESTART_WAITING, ARCHIVE_STOPPED,
+    )
+}

@@ -1,0 +1,158 @@
+"""``Core4Task``: the Celery task base class that gives a task core4 semantics.
+
+Options are plain class attributes (or ``@app.task(...)`` keywords, which
+Celery turns into class attributes), validated when the class is created.
+Calling ``delay``/``apply_async`` enqueues into the registry instead of
+publishing directly; the dispatcher publishes the ticket when the job is due.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from celery import Task
+from celery.result import AsyncResult
+
+from .errors import InvalidArguments
+from .options import JobOptions, check_author
+from .run import JobRun
+from .signals import JobDeferred
+
+if TYPE_CHECKING:
+    from .core import Core4
+    from .registry import Doc
+
+# Celery calling options that have a core4 meaning; anything else is refused
+CALL_OPTIONS = ("priority", "countdown", "eta", "queue")
+
+
+class Core4Task(Task):  # type: ignore[misc]
+    """Base class for core4 jobs: set ``base=Core4Task`` or subclass it.
+
+    Subclasses that are only shared bases set ``abstract = True``; concrete
+    tasks must name an ``author`` in their own definition (core4's rule).
+    """
+
+    abstract = True
+    acks_late = True
+    typing = False
+    author: ClassVar[str | None] = None
+    attempts = JobOptions.attempts
+    priority = JobOptions.priority
+    max_parallel = JobOptions.max_parallel
+    defer_time = JobOptions.defer_time
+    defer_max = JobOptions.defer_max
+    error_time = JobOptions.error_time
+    zombie_time = JobOptions.zombie_time
+    wall_time = JobOptions.wall_time
+    progress_interval = JobOptions.progress_interval
+    force = JobOptions.force
+    core4_options: ClassVar[JobOptions] = JobOptions()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("abstract", False):
+            return
+        check_author(cls)
+        try:
+            cls.core4_options = JobOptions.from_class(cls)
+        except ValueError as exc:
+            name = cls.__dict__.get("name") or cls.__qualname__
+            raise type(exc)(f"task {name}: {exc}") from None
+
+    # -- Celery plumbing -------------------------------------------------
+    @property
+    def core4(self) -> Core4:
+        return self.app.core4celery  # type: ignore[no-any-return]
+
+    @property  # type: ignore[override]
+    def backend(self) -> Any:
+        return self.core4.backend
+
+    @backend.setter
+    def backend(self, value: Any) -> None:
+        """Celery may assign a backend; core4 tasks always read the registry."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly or not request.id:
+            return super().__call__(*args, **kwargs)  # a plain local call
+        run = JobRun(self.core4, request.id, request.hostname or "")
+        request.core4_run = run
+        return run.execute(self.body)
+
+    def body(self, **kwargs: Any) -> Any:
+        """The user's code: ``run`` for function tasks, ``execute`` for core4-style classes."""
+        return self.run(**kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        return self.execute(*args, **kwargs)
+
+    def execute(self, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{self.name} defines neither run() nor execute()")
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, **options: Any
+    ) -> AsyncResult:
+        unsupported = sorted(k for k, v in options.items() if k not in CALL_OPTIONS and v is not None)
+        if unsupported:
+            raise InvalidArguments(f"{self.name}: calling option(s) not supported by core4 tasks: {unsupported}")
+        arguments = self.bind_arguments(tuple(args or ()), dict(kwargs or {}))
+        job_id = self.core4.submit(self, arguments, **{k: options.get(k) for k in CALL_OPTIONS})
+        return self.AsyncResult(job_id)
+
+    def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """core4 passes arguments by name, so positional ones are named here."""
+        func: Callable[..., Any] = self.run if type(self).run is not Core4Task.run else self.execute
+        try:
+            bound = inspect.signature(func).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"{self.name}: {exc}") from None
+        named: dict[str, Any] = {}
+        for key, value in bound.arguments.items():
+            kind = bound.signature.parameters[key].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                if value:
+                    raise InvalidArguments(f"{self.name}: *{key} cannot be passed to a core4 job")
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                named.update(value)
+            else:
+                named[key] = value
+        return named
+
+    # -- the job-side API ------------------------------------------------
+    @property
+    def _run(self) -> JobRun | None:
+        return getattr(self.request, "core4_run", None)
+
+    @property
+    def job_id(self) -> str | None:
+        run = self._run
+        return run.job_id if run else None
+
+    @property
+    def trial(self) -> int:
+        run = self._run
+        return run.trial if run else 0
+
+    def progress(self, value: float, message: str | None = None, force: bool = False) -> bool:
+        """Report progress (0..1); written at most once per progress_interval unless forced."""
+        run = self._run
+        return run.progress(value, message, force) if run else False
+
+    def defer(self, message: str = "", *args: Any) -> None:
+        """End this run; the job returns after defer_time without using an attempt."""
+        raise JobDeferred(message % args if args else message)
+
+    def enqueue(self, task: Task | str, **kwargs: Any) -> str:
+        """Enqueue a child job tagged with this job's id as its ``mid``."""
+        if self.job_id is None:
+            raise InvalidArguments("enqueue() of a child needs a running job; use Core4.enqueue()")
+        return self.core4.enqueue(task, _mid=self.job_id, **kwargs)
+
+    def children(self) -> list[Doc]:
+        """Live (not yet journaled) child jobs of this job."""
+        job_id = self.job_id
+        return list(self.core4.registry.children(job_id)) if job_id else []

@@ -1,0 +1,153 @@
+"""The worker bootstep: registers the worker and runs the dispatcher and
+housekeeping on a thread of the worker's main process.
+
+A thread (not Celery's consumer timer) keeps heartbeats and leases going
+even while the consumer blocks on a full pool, which happens on the
+MongoDB transport's synchronous event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery import bootsteps, signals
+
+from .clock import later, now
+from .maintenance import Maintenance
+from .states import State
+
+if TYPE_CHECKING:
+    from .core import Core4
+    from .registry import Doc
+
+log = logging.getLogger(__name__)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Node:
+    """This worker's registration, heartbeat and lease renewal."""
+
+    def __init__(self, core4: Core4, worker_id: str, hostname: str, concurrency: int) -> None:
+        self.core4 = core4
+        self.registry = core4.registry
+        self.worker_id = worker_id
+        self.hostname = hostname
+        self.concurrency = concurrency
+        self.started_at = now()
+
+    def beat(self, concurrency: int | None = None) -> None:
+        self.registry.workers.update_one(
+            {"_id": self.worker_id},
+            {"$set": {
+                "hostname": self.hostname, "pid": os.getpid(), "heartbeat": now(),
+                "concurrency": self.concurrency if concurrency is None else concurrency,
+                "started_at": self.started_at,
+            }},
+            upsert=True,
+        )
+
+    def running(self) -> list[Doc]:
+        return list(self.registry.jobs.find(
+            {"locked.worker": self.worker_id, "state": State.RUNNING.value}, {"name": 1, "locked": 1}
+        ))
+
+    def renew(self, maintenance: Maintenance) -> None:
+        """Extend leases of jobs whose pool process lives; recover those whose process died."""
+        alive = []
+        for doc in self.running():
+            if pid_alive((doc.get("locked") or {}).get("pid")):
+                alive.append(doc["_id"])
+            else:
+                maintenance.recover(doc, f"pool process of {self.worker_id} died")
+        if alive:
+            self.registry.jobs.update_many(
+                {"_id": {"$in": alive}, "state": State.RUNNING.value, "locked.worker": self.worker_id},
+                {"$set": {"locked.lease_until": later(self.registry.settings.run_lease)}},
+            )
+
+    def leave(self) -> None:
+        self.registry.workers.delete_one({"_id": self.worker_id})
+
+
+class Ticker(threading.Thread):
+    def __init__(self, core4: Core4, node: Node) -> None:
+        super().__init__(name="core4celery-ticker", daemon=True)
+        self.core4 = core4
+        self.node = node
+        self.maintenance = Maintenance(core4.registry, core4.dispatcher.gates)
+        self.stopping = threading.Event()
+        self.draining = threading.Event()
+
+    def run(self) -> None:
+        settings = self.core4.settings
+        next_beat = 0.0
+        while not self.stopping.is_set():
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + settings.heartbeat_interval
+                    self.housekeeping()
+                if not self.draining.is_set():
+                    self.core4.dispatcher.run(before=self.maintenance.repair_gates)
+            except Exception:
+                log.exception("core4celery housekeeping failed; retrying")
+            self.stopping.wait(settings.dispatch_interval)
+
+    def housekeeping(self) -> None:
+        self.node.beat(0 if self.draining.is_set() else None)
+        self.node.renew(self.maintenance)
+        self.maintenance.requeue_lost_tickets()
+        self.maintenance.recover_expired_runs()
+
+
+class Core4WorkerStep(bootsteps.StartStopStep):
+    """Installed by ``Core4(app)``; runs in every ``celery worker``."""
+
+    label = "core4celery"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.core4: Core4 = worker.app.core4celery
+        self.worker_id = f"{worker.hostname}:{os.getpid()}"
+        self.core4.attach_worker(self.worker_id)  # pool children inherit it when forked
+        self.ticker: Ticker | None = None
+
+    def start(self, worker: Any) -> None:
+        node = Node(self.core4, self.worker_id, worker.hostname, int(worker.concurrency or 1))
+        node.beat()
+        self.ticker = Ticker(self.core4, node)
+        self.ticker.start()
+        signals.worker_shutdown.connect(self._on_shutdown, weak=False)
+        log.info("core4celery worker %s registered at %s", self.worker_id, self.core4.settings.masked_url)
+
+    def stop(self, worker: Any) -> None:
+        """Stop taking work but keep leases alive until the pool has finished."""
+        if self.ticker is not None:
+            self.ticker.draining.set()
+
+    def _on_shutdown(self, **_: Any) -> None:
+        ticker = self.ticker
+        if ticker is None:
+            return
+        ticker.stopping.set()
+        ticker.join(timeout=5)
+        ticker.node.leave()
+        self.ticker = None

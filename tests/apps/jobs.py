@@ -1,0 +1,110 @@
+"""Tasks used by the integration tests, built per database URL.
+
+Workers load it with ``-A tests.apps.jobs`` (URL from the environment); the
+test process calls :func:`build` with the same URL to get an app whose task
+names match.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celery import Celery
+from pymongo import MongoClient
+
+from core4celery import Core4, Core4Task
+
+FAST = {
+    "core4celery_heartbeat_interval": 0.5,
+    "core4celery_worker_timeout": 3.0,
+    "core4celery_ticket_lease": 4.0,
+    "core4celery_run_lease": 4.0,
+    "core4celery_dispatch_interval": 0.1,
+}
+
+
+def trace_collection(url: str) -> Any:
+    client = MongoClient(url)
+    return client.get_default_database()["trace"]
+
+
+def build(url: str) -> tuple[Celery, Core4]:
+    app = Celery("jobs", broker=url)
+    app.conf.update(FAST)
+    app.conf.broker_transport_options = {"ttl": True, "polling_interval": 0.05}
+    app.conf.worker_hijack_root_logger = False
+    core4 = Core4(app)
+    traces: dict[int, Any] = {}
+
+    def trace() -> Any:
+        # one client per process: pool children must not share the parent's
+        pid = os.getpid()
+        if pid not in traces:
+            traces[pid] = trace_collection(url)
+        return traces[pid]
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.square", author="test")
+    def square(self: Core4Task, n: int) -> int:
+        self.progress(0.5, "half way")
+        return n * n
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.sleepy", author="test", max_parallel=2)
+    def sleepy(self: Core4Task, seconds: float, tag: str) -> str:
+        trace().insert_one({"job": self.job_id, "tag": tag, "event": "start", "at": time.time()})
+        time.sleep(seconds)
+        trace().insert_one({"job": self.job_id, "tag": tag, "event": "finish", "at": time.time()})
+        return tag
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.record", author="test")
+    def record(self: Core4Task, tag: str, seconds: float = 0.0) -> str:
+        trace().insert_one({"job": self.job_id, "tag": tag, "event": "start", "at": time.time()})
+        time.sleep(seconds)
+        return tag
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.defer_then", author="test", defer_time=0.5)
+    def defer_then(self: Core4Task, times: int) -> int:
+        if self.trial <= times:
+            self.defer("not yet, trial %d", self.trial)
+        return self.trial
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.defer_forever", author="test", defer_time=0.3, defer_max=1.5)
+    def defer_forever(self: Core4Task) -> None:
+        self.defer("never ready")
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.flaky", author="test", attempts=3, error_time=0.5)
+    def flaky(self: Core4Task, fail_times: int) -> int:
+        if self.trial <= fail_times:
+            raise RuntimeError(f"failure in trial {self.trial}")
+        return self.trial
+
+    class Mother(Core4Task):
+        name = "t.mother"
+        author = "test"
+        defer_time = 0.5
+
+        def execute(self, chunks: int, size: int = 10) -> int:
+            if self.trial == 1:
+                for i in range(chunks):
+                    self.enqueue("t.child", start=i * size, end=(i + 1) * size)
+                self.defer("launched %d children", chunks)
+            live = len(self.children())
+            if live:
+                self.progress(1 - live / chunks, f"{live} of {chunks} running")
+                self.defer("waiting for %d children", live)
+            return chunks
+
+    app.register_task(Mother())
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.child", author="test", max_parallel=3)
+    def child(self: Core4Task, start: int, end: int) -> int:
+        total = sum(range(start, end))
+        trace().insert_one({"job": self.job_id, "event": "child", "sum": total, "at": time.time()})
+        return total
+
+    return app, core4
+
+
+if os.environ.get("CORE4CELERY_MONGODB_URL"):
+    app, core4 = build(os.environ["CORE4CELERY_MONGODB_URL"])
