@@ -59,7 +59,8 @@ def build(url: str) -> tuple[Celery, Core4]:
 
     @app.task(base=Core4Task, bind=True, shared=False, name="t.record", author="test")
     def record(self: Core4Task, tag: str, seconds: float = 0.0) -> str:
-        trace().insert_one({"job": self.job_id, "tag": tag, "event": "start", "at": time.time()})
+        trace().insert_one({"job": self.job_id, "tag": tag, "event": "start", "at": time.time(),
+                            "worker": self.request.hostname})
         time.sleep(seconds)
         return tag
 
