@@ -160,5 +160,5 @@ class Core4:
         doc["_id"] = str(doc["_id"])
         return doc
 
-    def AsyncResult(self, job_id: str) -> AsyncResult:  # noqa: N802 - Celery's spelling
+    def AsyncResult(self, job_id: str) -> AsyncResult:
         return AsyncResult(job_id, backend=self.backend, app=self.app)

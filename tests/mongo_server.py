@@ -51,7 +51,7 @@ class TestServer:
             wait_ready(self.external)
             return self.external
         port = free_port()
-        log = open(self.log_path or os.devnull, "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.log_path or os.devnull, "wb")
         self.proc = subprocess.Popen(server_command(port), stdout=log, stderr=subprocess.STDOUT)
         url = f"mongodb://127.0.0.1:{port}/"
         wait_ready(url)

@@ -43,7 +43,7 @@ class WorkerProcess:
         cmd = [sys.executable, "-m", "celery", "-A", self.app, "worker", "-n", f"{self.name}@%h",
                "-c", str(self.concurrency), "-l", "info", "--without-gossip", "--without-mingle",
                "--without-heartbeat", *self.extra]
-        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
                                      start_new_session=True)
         return self

@@ -31,7 +31,7 @@ def trace_collection(url: str) -> Any:
 
 
 def build(url: str) -> tuple[Celery, Core4]:
-    app = Celery("jobs", broker=url)
+    app = Celery("jobs", broker=url, backend=url)
     app.conf.update(FAST)
     app.conf.broker_transport_options = {"ttl": True, "polling_interval": 0.05}
     app.conf.worker_hijack_root_logger = False
@@ -103,6 +103,10 @@ def build(url: str) -> tuple[Celery, Core4]:
         total = sum(range(start, end))
         trace().insert_one({"job": self.job_id, "event": "child", "sum": total, "at": time.time()})
         return total
+
+    @app.task(shared=False, name="t.plain_add")
+    def plain_add(x: int, y: int) -> int:
+        return x + y
 
     return app, core4
 
