@@ -90,6 +90,14 @@ class Registry:
 
     def ensure_indexes(self) -> None:
         """Every per-job query is served by one of these."""
+        try:
+            self._create_indexes()
+        except PyMongoError as exc:
+            raise ConfigurationError(
+                f"cannot prepare the registry at {self.settings.masked_url}: {type(exc).__name__}"
+            ) from None
+
+    def _create_indexes(self) -> None:
         jobs = self.jobs
         jobs.create_index([("name", ASCENDING), ("args_hash", ASCENDING)], unique=True, name="unique_job")
         jobs.create_index([*DISPATCH_ORDER, ("query_at", ASCENDING)], name="dispatch_order")

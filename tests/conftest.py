@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from tests.mongo_server import TestServer, database_url
+from core4celery.devserver import TestServer, database_url
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

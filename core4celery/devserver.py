@@ -1,4 +1,7 @@
-"""Start and stop the MongoDB-wire test server (SecantusDB) as a separate process."""
+"""Start and stop a local MongoDB-wire server (SecantusDB) as a separate process, for tests and demos.
+
+SecantusDB is GPL-2.0, so it is only ever run as its own process, never imported.
+"""
 
 from __future__ import annotations
 
