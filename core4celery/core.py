@@ -18,6 +18,7 @@ from celery import Celery, Task
 from celery.result import AsyncResult
 
 from .backend import RegistryBackend
+from .broker import prepare_broker
 from .clock import later, now
 from .dispatcher import Dispatcher
 from .errors import InvalidArguments, JobNotFound, UnknownTask
@@ -59,7 +60,12 @@ class Core4:
     def registry(self) -> Registry:
         registry = Registry(self.settings)
         registry.ensure_indexes()
+        self.prepare_broker()
         return registry
+
+    def prepare_broker(self) -> None:
+        conf = self.app.conf
+        prepare_broker(str(conf.broker_url or ""), dict(conf.broker_transport_options or {}))
 
     @cached_property
     def dispatcher(self) -> Dispatcher:

@@ -29,7 +29,7 @@ class Dispatcher:
         self.registry = registry
         self.app = app
         self.gates = Gates(registry.gates)
-        self.mutex = Mutex(registry.control, "dispatch", lease=registry.settings.ticket_lease)
+        self.mutex = Mutex(registry.control, "dispatch", lease=registry.settings.dispatch_lease)
 
     def run(self, before: Callable[[], object] | None = None) -> int:
         """One or more passes under the cluster mutex; returns the tickets issued.

@@ -38,6 +38,7 @@ class Settings:
     worker_timeout: float = 10.0
     ticket_lease: float = 30.0
     run_lease: float = 15.0
+    dispatch_lease: float = 5.0
     dispatch_scan: int = 200
 
     def __post_init__(self) -> None:

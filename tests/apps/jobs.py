@@ -18,10 +18,11 @@ from core4celery import Core4, Core4Task
 
 FAST = {
     "core4celery_heartbeat_interval": 0.5,
-    "core4celery_worker_timeout": 3.0,
+    "core4celery_worker_timeout": 6.0,
     "core4celery_ticket_lease": 4.0,
     "core4celery_run_lease": 4.0,
     "core4celery_dispatch_interval": 0.1,
+    "core4celery_dispatch_lease": 2.0,
 }
 
 
