@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core4celery.devserver import TestServer, database_url
+from core4celery.devserver import TestServer
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -62,8 +62,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     opts = parser.parse_args()
     server = TestServer()
-    base = server.start()
-    url = base if server.external else database_url(base, "bench")
+    url = server.start_database("bench")
     os.environ["CORE4CELERY_MONGODB_URL"] = url
     from bench.apps import core4, core4_trivial, plain_trivial
 

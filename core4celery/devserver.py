@@ -60,6 +60,11 @@ class TestServer:
         wait_ready(url)
         return url
 
+    def start_database(self, name: str) -> str:
+        """Start, then the URL of database ``name`` (an external URL is used as it is)."""
+        base = self.start()
+        return base if self.external else database_url(base, name)
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m ruff check core4celery tests examples
+.venv/bin/python -m ruff check core4celery tests examples bench
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from core4celery.devserver import TestServer, database_url
+from core4celery.devserver import TestServer
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = {1_000_000: 78_498}
@@ -47,8 +47,7 @@ def main() -> int:
     opts = parser.parse_args()
 
     server = TestServer()
-    base = server.start()
-    url = base if server.external else database_url(base, "prime")
+    url = server.start_database("prime")
     os.environ["CORE4CELERY_MONGODB_URL"] = url
     from examples.prime.prime import core4  # reads the URL above
 
