@@ -96,7 +96,9 @@ def main() -> int:
         print(f"core4celery / plain Celery throughput: {report['ratio']:.2f}")
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "throughput_latency.json").write_text(json.dumps(report, indent=2))
-        lost = core4.registry.jobs.count_documents({})
+        deadline = time.monotonic() + 10  # the last journal move may still be under way
+        while (lost := core4.registry.jobs.count_documents({})) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if lost:
             print(f"FAILED: {lost} core4 jobs still live")
             return 1

@@ -28,8 +28,8 @@ class Dispatcher:
     def __init__(self, registry: Registry, app: Celery) -> None:
         self.registry = registry
         self.app = app
-        self.gates = Gates(registry.gates)
-        self.mutex = Mutex(registry.control, "dispatch", lease=registry.settings.dispatch_lease)
+        self.gates = Gates(lambda: registry.gates)
+        self.mutex = Mutex(lambda: registry.control, "dispatch", lease=registry.settings.dispatch_lease)
 
     def run(self, before: Callable[[], object] | None = None) -> int:
         """One or more passes under the cluster mutex; returns the tickets issued.

@@ -7,6 +7,8 @@ atomic update; two dispatchers cannot both take the last slot.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
@@ -15,9 +17,13 @@ from .registry import Doc
 
 
 class Gates:
-    def __init__(self, collection: Collection[Doc]) -> None:
-        self._gates = collection
+    def __init__(self, collection: Callable[[], Collection[Doc]]) -> None:
+        self._collection = collection  # looked up per call: pool children must use their own client
         self._known: set[str] = set()
+
+    @property
+    def _gates(self) -> Collection[Doc]:
+        return self._collection()
 
     def _ensure(self, name: str) -> None:
         if name in self._known:

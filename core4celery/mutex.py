@@ -8,6 +8,8 @@ runs once more, so no wake-up is lost and nobody blocks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
@@ -17,11 +19,15 @@ from .registry import Doc
 
 
 class Mutex:
-    def __init__(self, collection: Collection[Doc], name: str, lease: float) -> None:
-        self._control = collection
+    def __init__(self, collection: Callable[[], Collection[Doc]], name: str, lease: float) -> None:
+        self._collection = collection  # looked up per call: pool children must use their own client
         self._name = name
         self._lease = lease
         self._created = False
+
+    @property
+    def _control(self) -> Collection[Doc]:
+        return self._collection()
 
     def _ensure(self) -> None:
         if self._created:
