@@ -8,21 +8,22 @@ lazily so importing an app module does not connect to MongoDB.
 from __future__ import annotations
 
 import os
-import socket
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
-from bson import ObjectId
 from celery import Celery, Task
 from celery.result import AsyncResult
 
 from .backend import RegistryBackend
 from .broker import prepare_broker
 from .clock import later, now
+from .control import Control
 from .dispatcher import Dispatcher
 from .errors import InvalidArguments, JobNotFound, UnknownTask
-from .jsonargs import args_hash, check_json
+from .jobdoc import new_job
+from .jsonargs import check_json
+from .operations import Operations, Outcome
 from .options import ENQUEUE_OPTIONS
 from .registry import Doc, Registry
 from .settings import Settings
@@ -70,6 +71,14 @@ class Core4:
     @cached_property
     def dispatcher(self) -> Dispatcher:
         return Dispatcher(self.registry, self.app)
+
+    @cached_property
+    def operations(self) -> Operations:
+        return Operations(self.registry, self.dispatcher.gates, self.dispatch)
+
+    @cached_property
+    def control(self) -> Control:
+        return Control(self.registry)
 
     @cached_property
     def backend(self) -> RegistryBackend:
@@ -123,18 +132,8 @@ class Core4:
         if priority is not None:
             overrides["priority"] = priority
         job_options = task.core4_options.override(overrides)
-        query_at = self._first_due(countdown, eta)
-        stamp = now()
-        doc: Doc = {
-            "_id": ObjectId(), "name": task.name, "args": arguments,
-            "args_hash": args_hash(task.name, arguments, mid), "mid": mid,
-            "state": State.PENDING.value, **job_options.as_document(),
-            "attempts_left": job_options.attempts, "trial": 0, "query_at": query_at,
-            "enqueued": {"at": stamp, "hostname": socket.gethostname(), "parent_id": None},
-            "started_at": None, "finished_at": None, "runtime": 0.0, "locked": None,
-            "prog": {"value": None, "message": None}, "last_error": None, "inactive_at": None,
-            "killed_at": None, "removed_at": None, "zombie_at": None, "wall_at": None, "queue": queue,
-        }
+        doc = new_job(task.name, arguments, job_options, query_at=self._first_due(countdown, eta),
+                      mid=mid, queue=queue)
         self.registry.insert(doc)
         self.dispatch()
         return str(doc["_id"])
@@ -157,6 +156,44 @@ class Core4:
     def dispatch(self) -> int:
         """Issue tickets for due jobs now instead of waiting for a worker's timer."""
         return self.dispatcher.run()
+
+    # -- operate -----------------------------------------------------------
+    def kill(self, job_id: str) -> Outcome:
+        """A waiting job ends killed at once; a running one within a heartbeat of its worker."""
+        return self.operations.kill(job_id)
+
+    def restart(self, job_id: str) -> str:
+        """Returns the id that will run: the same for deferred/failed, a new one for stopped jobs."""
+        return self.operations.restart(job_id)
+
+    def remove(self, job_id: str, hard: bool = False) -> Outcome:
+        return self.operations.remove(job_id, hard=hard)
+
+    def halt(self) -> datetime:
+        """Workers started before now finish their running jobs and exit."""
+        return self.control.halt()
+
+    def pause(self) -> bool:
+        """Stop dispatching cluster-wide; running jobs go on. False if already paused."""
+        return self.control.pause()
+
+    def resume(self) -> bool:
+        resumed = self.control.resume()
+        self.dispatch()
+        return resumed
+
+    def workers(self) -> list[Doc]:
+        """Workers whose heartbeat is recent, each with the ids of the jobs it runs."""
+        alive = list(self.registry.workers.find(
+            {"heartbeat": {"$gte": later(-self.settings.worker_timeout)}}
+        ).sort("_id", 1))
+        for worker in alive:
+            worker["running"] = [
+                str(doc["_id"]) for doc in self.registry.jobs.find(
+                    {"locked.worker": worker["_id"], "state": State.RUNNING.value}, {"_id": 1}
+                )
+            ]
+        return alive
 
     # -- read --------------------------------------------------------------
     def get(self, job_id: str) -> Doc:

@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery
 
 from .clock import EPOCH, later, now
+from .control import Control
 from .gates import Gates
 from .mutex import Mutex
 from .registry import DISPATCH_ORDER, Doc, Registry
@@ -30,12 +31,16 @@ class Dispatcher:
         self.app = app
         self.gates = Gates(lambda: registry.gates)
         self.mutex = Mutex(lambda: registry.control, "dispatch", lease=registry.settings.dispatch_lease)
+        self.control = Control(registry)
 
     def run(self, before: Callable[[], object] | None = None) -> int:
         """One or more passes under the cluster mutex; returns the tickets issued.
 
         ``before`` runs under the mutex too, for repairs that must not race a pass.
+        Nothing is issued while dispatching is paused (``core4celery pause``).
         """
+        if self.control.paused():
+            return 0
         token = self.mutex.acquire()
         if token is None:
             return 0
@@ -109,7 +114,7 @@ class Dispatcher:
         lease = later(self.registry.settings.ticket_lease)
         return self.registry.transition(
             doc["_id"], DISPATCH, {"dispatched_until": lease, "query_at": None},
-            where={"query_at": {"$lte": stamp}},
+            where={"query_at": {"$lte": stamp}, "removed_at": None, "killed_at": None},
         )
 
     def _publish(self, doc: Doc) -> None:

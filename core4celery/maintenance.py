@@ -7,11 +7,15 @@ concurrently change each job at most once.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+from typing import Any
 
 from .clock import EPOCH, now
 from .gates import Gates
 from .registry import Doc, Registry
-from .states import RECOVER, REQUEUE, State
+from .states import KILL_RUNNING, KILL_WAITING, RECOVER, REQUEUE, State
+
+RUN_FIELDS = {"name": 1, "state": 1, "locked": 1, "killed_at": 1, "started_at": 1, "runtime": 1}
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +45,17 @@ class Maintenance:
     def recover_expired_runs(self) -> int:
         """A running job whose lease was not renewed lost its worker: run it again."""
         expired = self.registry.jobs.find(
-            {"state": State.RUNNING.value, "locked.lease_until": {"$lt": now()}}, {"name": 1, "locked": 1}
+            {"state": State.RUNNING.value, "locked.lease_until": {"$lt": now()}}, RUN_FIELDS
         )
         return sum(self.recover(doc, "lease expired") for doc in expired)
 
     def recover(self, doc: Doc, reason: str) -> bool:
-        """running → pending for another trial; the attempt is not used (it was not the job's fault)."""
+        """running → pending for another trial; the attempt is not used (it was not the job's fault).
+
+        A job whose kill was requested is not run again: it ends killed.
+        """
+        if doc.get("killed_at"):
+            return self.kill(doc, f"killed on request; its worker was lost ({reason})")
         stamp = now()
         locked = doc.get("locked") or {}
         error = {"exception": f"WorkerLost({reason!r})", "traceback": None, "at": stamp,
@@ -60,6 +69,32 @@ class Maintenance:
         log.warning("job %s lost its worker %s (%s); it runs again", doc["_id"], locked.get("worker"), reason)
         return True
 
+    def kill(self, doc: Doc, reason: str) -> bool:
+        """End a job as killed (no retry, no attempt used); the caller stops its process, if any."""
+        stamp = now()
+        fields = killed_fields(doc, stamp, reason)
+        if doc["state"] == State.RUNNING.value:
+            done = self.registry.transition(
+                doc["_id"], KILL_RUNNING, fields, where={"locked.run": (doc.get("locked") or {}).get("run")}
+            )
+        else:
+            done = self.registry.transition(doc["_id"], KILL_WAITING, fields, unset=("dispatched_until",))
+        if done:
+            self.gates.release(doc["name"], doc["_id"])
+            log.error("done execution with [killed] - [%s] with [%s]: %s", doc["name"], doc["_id"], reason)
+        return done
+
+    def sweep_removed(self) -> int:
+        """Journal every job flagged for removal that is not running (core4's remove_jobs)."""
+        query = {"removed_at": {"$gt": EPOCH}, "state": {"$ne": State.RUNNING.value}}
+        count = 0
+        for doc in self.registry.jobs.find(query, {"name": 1}):
+            if self.registry.archive(doc["_id"], where=query) is not None:
+                self.gates.release(doc["name"], doc["_id"])
+                log.info("removed job %s (%s)", doc["_id"], doc["name"])
+                count += 1
+        return count
+
     def repair_gates(self) -> int:
         """Free slots whose holder is neither dispatched nor running (call under the dispatch mutex)."""
         freed = 0
@@ -71,3 +106,14 @@ class Maintenance:
                 self.gates.release(gate["_id"], holder)
                 freed += 1
         return freed
+
+
+def killed_fields(doc: Doc, stamp: datetime, reason: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "locked": None, "query_at": None, "killed_at": doc.get("killed_at") or stamp,
+        "last_error": {"exception": f"JobKilled({reason!r})", "traceback": None, "at": stamp},
+    }
+    started = doc.get("started_at")
+    if doc["state"] == State.RUNNING.value and started is not None:
+        fields["runtime"] = float(doc.get("runtime") or 0.0) + (stamp - started).total_seconds()
+    return fields

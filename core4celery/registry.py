@@ -105,6 +105,7 @@ class Registry:
         jobs.create_index([("dispatched_until", ASCENDING)], name="dispatched", sparse=True)
         jobs.create_index([("locked.worker", ASCENDING)], name="locked_worker", sparse=True)
         jobs.create_index([("mid", ASCENDING)], name="mid", sparse=True)
+        jobs.create_index([("removed_at", ASCENDING)], name="removed")
         self.journal.create_index([("mid", ASCENDING)], name="mid", sparse=True)
         self.workers.create_index([("heartbeat", ASCENDING)], name="heartbeat")
 
@@ -153,13 +154,22 @@ class Registry:
         return self.jobs.update_one(guard, update).matched_count == 1
 
     def archive(self, job_id: ObjectId, where: Mapping[str, Any] | None = None) -> Doc | None:
-        """Move a live document into the journal; idempotent if interrupted half way."""
-        doc = self.jobs.find_one({"_id": job_id, **(where or {})})
+        """Move a live document into the journal if it still matches ``where``.
+
+        The journal copy is written first, so an interruption leaves a
+        duplicate (harmless, rewritten next time) rather than a lost job; if the
+        live document changed in between, the copy is taken back.
+        """
+        guard = {"_id": job_id, **(where or {})}
+        doc = self.jobs.find_one(guard)
         if doc is None:
             return None
         self.journal.replace_one({"_id": job_id}, doc, upsert=True)
-        self.jobs.delete_one({"_id": job_id})
-        return doc
+        if self.jobs.delete_one(guard).deleted_count == 1:
+            return doc
+        if self.jobs.count_documents({"_id": job_id}, limit=1):
+            self.journal.delete_one({"_id": job_id})
+        return None
 
     def children(self, mid: str) -> Iterator[Doc]:
         return iter(self.jobs.find({"mid": mid}))

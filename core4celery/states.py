@@ -52,15 +52,20 @@ ERROR = Transition("error", (State.RUNNING,), State.ERROR)
 INACTIVATE = Transition("inactivate", (State.DEFERRED,), State.INACTIVE)
 # recover: the worker running the job died; the job goes back to the queue
 RECOVER = Transition("recover", (State.RUNNING,), State.PENDING)
+# kill: waiting jobs stop at once; a running job is flagged and its owning worker ends the process
 KILL_WAITING = Transition("kill_waiting", WAITING, State.KILLED)
+REQUEST_KILL = Transition("request_kill", (State.RUNNING,), None)
 KILL_RUNNING = Transition("kill_running", (State.RUNNING,), State.KILLED)
+# restart: waiting jobs become due now; stopped jobs are claimed, journaled and enqueued anew
 RESTART_WAITING = Transition("restart_waiting", (State.DEFERRED, State.FAILED), None)
-ARCHIVE_STOPPED = Transition("archive_stopped", STOPPED, None)
+CLAIM_RESTART = Transition("claim_restart", STOPPED, None)
+# remove: any live job is flagged; it is journaled as soon as it is not running
+REQUEST_REMOVE = Transition("request_remove", tuple(s for s in State if s is not State.COMPLETE), None)
 
 TRANSITIONS = {
     t.name: t
     for t in (
-        DISPATCH, REQUEUE, START, COMPLETE, DEFER, FAIL, ERROR, INACTIVATE,
-        RECOVER, KILL_WAITING, KILL_RUNNING, RESTART_WAITING, ARCHIVE_STOPPED,
+        DISPATCH, REQUEUE, START, COMPLETE, DEFER, FAIL, ERROR, INACTIVATE, RECOVER,
+        KILL_WAITING, REQUEST_KILL, KILL_RUNNING, RESTART_WAITING, CLAIM_RESTART, REQUEST_REMOVE,
     )
 }

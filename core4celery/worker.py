@@ -10,82 +10,21 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
 
-from .clock import later, now
+from .control import Control
 from .maintenance import Maintenance
-from .states import State
+from .node import Node
 
 if TYPE_CHECKING:
     from .core import Core4
-    from .registry import Doc
 
 log = logging.getLogger(__name__)
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-class Node:
-    """This worker's registration, heartbeat and lease renewal."""
-
-    def __init__(self, core4: Core4, worker_id: str, hostname: str, concurrency: int) -> None:
-        self.core4 = core4
-        self.registry = core4.registry
-        self.worker_id = worker_id
-        self.hostname = hostname
-        self.concurrency = concurrency
-        self.started_at = now()
-
-    def beat(self, concurrency: int | None = None) -> None:
-        self.registry.workers.update_one(
-            {"_id": self.worker_id},
-            {"$set": {
-                "hostname": self.hostname, "pid": os.getpid(), "heartbeat": now(),
-                "concurrency": self.concurrency if concurrency is None else concurrency,
-                "started_at": self.started_at,
-            }},
-            upsert=True,
-        )
-
-    def running(self) -> list[Doc]:
-        return list(self.registry.jobs.find(
-            {"locked.worker": self.worker_id, "state": State.RUNNING.value}, {"name": 1, "locked": 1}
-        ))
-
-    def renew(self, maintenance: Maintenance) -> None:
-        """Extend leases of jobs whose pool process lives; recover those whose process died."""
-        alive = []
-        for doc in self.running():
-            if pid_alive((doc.get("locked") or {}).get("pid")):
-                alive.append(doc["_id"])
-            else:
-                maintenance.recover(doc, f"pool process of {self.worker_id} died")
-        if alive:
-            self.registry.jobs.update_many(
-                {"_id": {"$in": alive}, "state": State.RUNNING.value, "locked.worker": self.worker_id},
-                {"$set": {"locked.lease_until": later(self.registry.settings.run_lease)}},
-            )
-
-    def leave(self) -> None:
-        self.registry.workers.delete_one({"_id": self.worker_id})
 
 
 class Ticker(threading.Thread):
@@ -94,6 +33,7 @@ class Ticker(threading.Thread):
         self.core4 = core4
         self.node = node
         self.maintenance = Maintenance(core4.registry, core4.dispatcher.gates)
+        self.control = Control(core4.registry)
         self.stopping = threading.Event()
         self.draining = threading.Event()
 
@@ -112,10 +52,16 @@ class Ticker(threading.Thread):
             self.stopping.wait(settings.dispatch_interval)
 
     def housekeeping(self) -> None:
-        self.node.beat(0 if self.draining.is_set() else None)
-        self.node.renew(self.maintenance)
+        self.node.beat(draining=self.draining.is_set())
+        self.node.tend(self.maintenance)
         self.maintenance.requeue_lost_tickets()
         self.maintenance.recover_expired_runs()
+        self.maintenance.sweep_removed()
+        if not self.draining.is_set() and self.control.halt_requested(self.node.started_at):
+            log.warning("core4celery halt requested: finishing running jobs, then exiting")
+            self.draining.set()
+            self.node.beat(draining=True)
+            os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown waits for running jobs
 
 
 class Core4WorkerStep(bootsteps.StartStopStep):
