@@ -36,6 +36,9 @@ APP_DEFAULTS = {
     "result_serializer": "json",
     "event_serializer": "json",
     "broker_transport_options": {"ttl": True, "polling_interval": 0.05},
+    # a killed or crashed pool process frees its slot after this, not Celery's 10 s: the job's
+    # outcome is already in the registry, so there is no late result worth waiting for
+    "worker_lost_wait": 1.0,
 }
 
 

@@ -65,6 +65,13 @@ def build(url: str) -> tuple[Celery, Core4]:
         time.sleep(seconds)
         return tag
 
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.silent", author="test", zombie_time=1, wall_time=1)
+    def silent(self: Core4Task, seconds: float) -> float:
+        """Runs without reporting progress: a zombie after 1 s, past its wall time after 1 s."""
+        trace().insert_one({"job": self.job_id, "event": "start", "pid": os.getpid(), "at": time.time()})
+        time.sleep(seconds)
+        return seconds
+
     @app.task(base=Core4Task, bind=True, shared=False, name="t.defer_then", author="test", defer_time=0.5)
     def defer_then(self: Core4Task, times: int) -> int:
         if self.trial <= times:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,7 +38,9 @@ class Cluster:
         return wait_for(check, timeout, what=f"job {job_id} to reach {states}")  # type: ignore[no-any-return]
 
     def stop(self) -> None:
+        """Teardown needs no graceful shutdown (the database is dropped next); SIGKILL is instant."""
         for proc in self.workers:
+            proc.kill9()
             proc.stop()
 
 
@@ -48,8 +50,3 @@ def cluster(db_url: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     c = Cluster(db_url, name)
     yield c
     c.stop()
-
-
-@pytest.fixture
-def make_cluster(db_url: str) -> Callable[..., Cluster]:
-    return lambda name: Cluster(db_url, name)
