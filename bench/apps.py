@@ -1,18 +1,34 @@
-"""Benchmark app: a trivial core4 task and the same plain Celery task, same server."""
+"""Benchmark app: core4 tasks and their plain Celery twins, on one server.
+
+Settings for a run come as JSON in CORE4CELERY_BENCH_CONF (set by
+:class:`bench.common.Bench`), so the driver and its workers always agree.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 from celery import Celery
+from pymongo import MongoClient
 
 from core4celery import Core4, Core4Task
 
 URL = os.environ["CORE4CELERY_MONGODB_URL"]
 
 app = Celery("bench", broker=URL, backend=URL)
+app.conf.update(json.loads(os.environ.get("CORE4CELERY_BENCH_CONF") or "{}"))
 core4 = Core4(app)
+_trace: dict[int, object] = {}
+
+
+def trace() -> object:
+    """The ``bench_trace`` collection, one client per process (pool children must not share)."""
+    pid = os.getpid()
+    if pid not in _trace:
+        _trace[pid] = MongoClient(URL).get_default_database()["bench_trace"]
+    return _trace[pid]
 
 
 @app.task(base=Core4Task, bind=True, name="bench.core4_trivial", author="bench", max_parallel=100)
@@ -23,3 +39,21 @@ def core4_trivial(self: Core4Task, i: int) -> float:
 @app.task(name="bench.plain_trivial")
 def plain_trivial(i: int) -> float:
     return time.time()
+
+
+@app.task(base=Core4Task, bind=True, name="bench.sleep", author="bench", max_parallel=100)
+def sleep(self: Core4Task, seconds: float, tag: str = "") -> str:
+    began = time.time()
+    time.sleep(seconds)
+    trace().insert_one({"job": self.job_id, "tag": tag, "trial": self.trial, "start": began,  # type: ignore[attr-defined]
+                        "finish": time.time(), "worker": self.request.hostname})
+    return tag
+
+
+@app.task(base=Core4Task, bind=True, name="bench.limited", author="bench", max_parallel=3)
+def limited(self: Core4Task, i: int, seconds: float) -> int:
+    began = time.time()
+    time.sleep(seconds)
+    trace().insert_one({"job": self.job_id, "start": began, "finish": time.time(),  # type: ignore[attr-defined]
+                        "worker": self.request.hostname})
+    return i

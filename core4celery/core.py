@@ -178,7 +178,7 @@ class Core4:
 
     def pause(self) -> bool:
         """Stop dispatching cluster-wide; running jobs go on. False if already paused."""
-        return self.control.pause()
+        return self.dispatcher.pause()
 
     def resume(self) -> bool:
         resumed = self.control.resume()

@@ -37,10 +37,7 @@ class Dispatcher:
         """One or more passes under the cluster mutex; returns the tickets issued.
 
         ``before`` runs under the mutex too, for repairs that must not race a pass.
-        Nothing is issued while dispatching is paused (``core4celery pause``).
         """
-        if self.control.paused():
-            return 0
         token = self.mutex.acquire()
         if token is None:
             return 0
@@ -56,6 +53,12 @@ class Dispatcher:
             self.mutex.force_release(token)
             raise
 
+    def pause(self) -> bool:
+        """Once this returns no pass issues tickets: passes check the switch under the mutex."""
+        paused = self.control.pause()
+        self.mutex.wait_free()
+        return paused
+
     def capacity(self) -> int:
         settings = self.registry.settings
         alive = self.registry.workers.find(
@@ -70,6 +73,8 @@ class Dispatcher:
         return slots - busy
 
     def _pass(self) -> int:
+        if self.control.paused():
+            return 0
         free = self.capacity()
         if free <= 0:
             return 0

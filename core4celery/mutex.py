@@ -8,6 +8,7 @@ runs once more, so no wake-up is lost and nobody blocks.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from bson import ObjectId
@@ -71,6 +72,15 @@ class Mutex:
             {"_id": self._name, "owner": token}, {"$set": {"again": False, "until": later(self._lease)}}
         )
         return again.matched_count == 0  # lease lost to someone else: nothing more to do
+
+    def wait_free(self, poll: float = 0.01) -> bool:
+        """Until nobody holds the mutex (or the holder's lease ran out); False if that took a whole lease."""
+        deadline = time.monotonic() + self._lease
+        while self._control.count_documents({"_id": self._name, "until": {"$gte": now()}}, limit=1):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+        return True
 
     def force_release(self, token: ObjectId) -> None:
         self._control.update_one({"_id": self._name, "owner": token}, {"$set": {"until": EPOCH, "owner": None}})

@@ -37,7 +37,7 @@ def reported() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
 
 
-@click.group()
+@click.group("core4")  # the name `celery -A app core4` finds it under
 @click.option("-A", "--app", "app_path", envvar="CELERY_APP", help="module or module:attr, as celery -A")
 @click.pass_context
 def main(ctx: click.Context, app_path: str | None) -> None:

@@ -91,10 +91,11 @@ class Screen:
 
     def _redraw(self, view: View) -> None:
         width = shutil.get_terminal_size().columns
-        block = [text[:width] for text in view.lines.values()] or ["no active jobs."]
+        block = [text[:width] for text in view.lines.values()]
         if self.drawn:
-            click.echo(f"\x1b[{self.drawn}F\x1b[J", nl=False)
-        click.echo("\n".join(block))
+            click.echo(f"\x1b[{self.drawn}F\x1b[J", nl=False, color=True)  # cursor up, clear below
+        if block:
+            click.echo("\n".join(block))
         self.drawn = len(block)
 
     def _changes(self, view: View) -> None:
@@ -123,6 +124,8 @@ def watch(ctx: click.Context, job_id: str | None, interval: float, timeout: floa
         view = job_view(core4, job_id) if job_id else queue_view(core4)
         screen.show(view)
         if view.done:
+            if not job_id:
+                click.echo("no active jobs left.")
             sys.exit(0 if view.ok else 1)
         if deadline is not None and time.monotonic() > deadline:
             click.echo(f"watch timed out after {timeout:g}s", err=True)
