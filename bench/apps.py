@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 from celery import Celery
 from pymongo import MongoClient
@@ -20,10 +21,10 @@ URL = os.environ["CORE4CELERY_MONGODB_URL"]
 app = Celery("bench", broker=URL, backend=URL)
 app.conf.update(json.loads(os.environ.get("CORE4CELERY_BENCH_CONF") or "{}"))
 core4 = Core4(app)
-_trace: dict[int, object] = {}
+_trace: dict[int, Any] = {}
 
 
-def trace() -> object:
+def trace() -> Any:
     """The ``bench_trace`` collection, one client per process (pool children must not share)."""
     pid = os.getpid()
     if pid not in _trace:
@@ -45,7 +46,7 @@ def plain_trivial(i: int) -> float:
 def sleep(self: Core4Task, seconds: float, tag: str = "") -> str:
     began = time.time()
     time.sleep(seconds)
-    trace().insert_one({"job": self.job_id, "tag": tag, "trial": self.trial, "start": began,  # type: ignore[attr-defined]
+    trace().insert_one({"job": self.job_id, "tag": tag, "trial": self.trial, "start": began,
                         "finish": time.time(), "worker": self.request.hostname})
     return tag
 
@@ -54,6 +55,27 @@ def sleep(self: Core4Task, seconds: float, tag: str = "") -> str:
 def limited(self: Core4Task, i: int, seconds: float) -> int:
     began = time.time()
     time.sleep(seconds)
-    trace().insert_one({"job": self.job_id, "start": began, "finish": time.time(),  # type: ignore[attr-defined]
+    trace().insert_one({"job": self.job_id, "start": began, "finish": time.time(),
                         "worker": self.request.hostname})
     return i
+
+
+class Fanout(Core4Task):
+    """A mother that only orchestrates: N children that sleep, then she completes."""
+
+    name = "bench.fanout"
+    author = "bench"
+    defer_time = 0.25
+    defer_max = 86400
+
+    def execute(self, chunks: int, seconds: float, run: str) -> int:
+        if self.trial == 1:
+            for i in range(chunks):
+                self.enqueue("bench.sleep", seconds=seconds, tag=f"{run}-{i}")
+            self.defer("launched %d children", chunks)
+        if self.children():
+            self.defer("waiting for children")
+        return chunks
+
+
+app.register_task(Fanout())

@@ -29,6 +29,7 @@ class Bench:
     def __init__(self, name: str, conf: dict[str, Any] | None = None, app: str = "bench.apps") -> None:
         self.name = name
         self.app = app
+        self._saved_url = os.environ.get("CORE4CELERY_MONGODB_URL")
         self.server = TestServer()
         self.url = self.server.start_database(f"bench_{name}")
         os.environ["CORE4CELERY_MONGODB_URL"] = self.url
@@ -39,10 +40,11 @@ class Bench:
     def server_label(self) -> str:
         return "external MongoDB" if self.server.external else "SecantusDB 0.7.0b3 (embedded)"
 
-    def worker(self, concurrency: int = 2, name: str | None = None, events: bool = False) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        cmd = [sys.executable, "-m", "celery", "-q", "-A", self.app, "worker", "-c", str(concurrency), "-l", "warning",
-               "-n", f"{name or f'w{len(self.workers) + 1}'}@%h", "--without-gossip", "--without-mingle",
+    def worker(self, concurrency: int = 2, name: str | None = None, events: bool = False,
+               app: str | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}  # no root-user warning banner
+        cmd = [sys.executable, "-m", "celery", "-q", "-A", app or self.app, "worker", "-c", str(concurrency),
+               "-l", "warning", "-n", f"{name or f'w{len(self.workers) + 1}'}@%h", "--without-gossip", "--without-mingle",
                "--without-heartbeat", *(["-E"] if events else [])]
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True)
         self.workers.append(proc)
@@ -66,6 +68,10 @@ class Bench:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop_workers()
         self.server.stop()
+        if self._saved_url is None:
+            os.environ.pop("CORE4CELERY_MONGODB_URL", None)
+        else:
+            os.environ["CORE4CELERY_MONGODB_URL"] = self._saved_url
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
@@ -96,3 +102,30 @@ def run(main: Any) -> None:
     except BenchFailed as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def plot(name: str, draw: Any, title: str) -> Path:
+    """Draw one figure with matplotlib's file backend and save it next to the JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    draw(ax)
+    ax.set_title(title)
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def wait_drained(core4: Any, timeout: float = 30) -> None:
+    """Every core4 job journaled: none lost, none stuck."""
+    try:
+        wait_until(lambda: core4.registry.jobs.count_documents({}) == 0, timeout, "every job to be journaled", 0.05)
+    except BenchFailed:
+        left = core4.registry.jobs.count_documents({})
+        raise BenchFailed(f"{left} core4 jobs still live after the run") from None

@@ -138,6 +138,7 @@ class Core4:
         doc = new_job(task.name, arguments, job_options, query_at=self._first_due(countdown, eta),
                       mid=mid, queue=queue)
         self.registry.insert(doc)
+        self.dispatcher.nudge()
         self.dispatch()
         return str(doc["_id"])
 

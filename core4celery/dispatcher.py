@@ -3,11 +3,20 @@
 It issues at most as many tickets as the cluster has idle worker slots, so
 the broker never holds work a busy worker could prefetch out of priority
 order, and it takes each job's ``max_parallel`` slot before the ticket exists.
+
+The sorted candidate scan is the one query whose cost grows with the backlog
+(the test server materialises every match, even with a limit), so each
+dispatcher keeps the scan's result and reuses it until it is used up, older
+than ``candidate_ttl``, or a job became due out of turn: everything that makes
+a job due "now" (enqueue, restart, recovery) bumps a generation counter that
+every pass reads. Stale entries are harmless: each ticket is still one
+guarded update.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,14 +24,23 @@ from celery import Celery
 
 from .clock import EPOCH, later, now
 from .control import Control
-from .gates import Gates
+from .gates import Gates, Slot
 from .mutex import Mutex
 from .registry import DISPATCH_ORDER, Doc, Registry
 from .states import DISPATCH, INACTIVATE, State
 
 log = logging.getLogger(__name__)
 
+MUTEX = "dispatch"
 CANDIDATE_FIELDS = {"name": 1, "state": 1, "max_parallel": 1, "inactive_at": 1, "args": 1, "queue": 1}
+
+
+def nudge(registry: Registry) -> None:
+    """A job became due out of turn: every dispatcher rescans on its next pass.
+
+    No upsert: until the mutex document exists no dispatcher has cached anything.
+    """
+    registry.control.update_one({"_id": MUTEX}, {"$inc": {"generation": 1}})
 
 
 class Dispatcher:
@@ -30,8 +48,30 @@ class Dispatcher:
         self.registry = registry
         self.app = app
         self.gates = Gates(lambda: registry.gates)
-        self.mutex = Mutex(lambda: registry.control, "dispatch", lease=registry.settings.dispatch_lease)
+        self.mutex = Mutex(lambda: registry.control, MUTEX, lease=registry.settings.dispatch_lease)
         self.control = Control(registry)
+        self._candidates: list[Doc] = []
+        self._scanned: tuple[object, float] = (None, 0.0)  # (generation, monotonic time)
+
+    def nudge(self) -> None:
+        nudge(self.registry)
+
+    def _generation(self) -> object:
+        doc = self.registry.control.find_one({"_id": MUTEX}, {"generation": 1})
+        return (doc or {}).get("generation", 0)
+
+    def candidates(self, stamp: Any) -> list[Doc]:
+        generation, scanned_at = self._scanned
+        fresh = time.monotonic() - scanned_at < self.registry.settings.candidate_ttl
+        current = self._generation()
+        if not (self._candidates and fresh and generation == current):
+            self._candidates = list(
+                self.registry.jobs.find({"query_at": {"$lte": stamp}}, CANDIDATE_FIELDS)
+                .sort(DISPATCH_ORDER)
+                .limit(self.registry.settings.dispatch_scan)
+            )
+            self._scanned = (current, time.monotonic())
+        return self._candidates
 
     def run(self, before: Callable[[], object] | None = None) -> int:
         """One or more passes under the cluster mutex; returns the tickets issued.
@@ -81,18 +121,19 @@ class Dispatcher:
         issued = 0
         full: set[str] = set()
         stamp = now()
-        cursor = (
-            self.registry.jobs.find({"query_at": {"$lte": stamp}}, CANDIDATE_FIELDS)
-            .sort(DISPATCH_ORDER)
-            .limit(self.registry.settings.dispatch_scan)
-        )
-        for doc in cursor:
+        used: set[object] = set()
+        for doc in self.candidates(stamp):
             if doc["name"] in full:
                 continue
+            used.add(doc["_id"])  # whatever happens next, this entry is spent
             if self._inactivate(doc, stamp):
                 continue
-            if not self.gates.acquire(doc["name"], doc["_id"], doc["max_parallel"]):
+            slot = self.gates.acquire(doc["name"], doc["_id"], doc["max_parallel"])
+            if slot is Slot.FULL:
                 full.add(doc["name"])
+                used.discard(doc["_id"])  # still waiting for a slot
+                continue
+            if slot is Slot.HELD:  # dispatched by someone else since our scan
                 continue
             if not self._mark(doc, stamp):
                 self.gates.release(doc["name"], doc["_id"])
@@ -101,6 +142,7 @@ class Dispatcher:
             issued += 1
             if issued >= free:
                 break
+        self._candidates = [doc for doc in self._candidates if doc["_id"] not in used]
         return issued
 
     def _inactivate(self, doc: Doc, stamp: Any) -> bool:

@@ -8,12 +8,19 @@ atomic update; two dispatchers cannot both take the last slot.
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import Enum
 
 from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from .registry import Doc
+
+
+class Slot(Enum):
+    TAKEN = "taken"
+    HELD = "held"
+    FULL = "full"
 
 
 class Gates:
@@ -34,16 +41,21 @@ class Gates:
             pass
         self._known.add(name)
 
-    def acquire(self, name: str, job_id: ObjectId, limit: int) -> bool:
-        """True if the job holds a slot (also when it held one already)."""
+    def acquire(self, name: str, job_id: ObjectId, limit: int) -> Slot:
+        """TAKEN: the caller now holds a slot for the job and must release it if it does not dispatch.
+
+        HELD means someone else took a slot for this job (it is in flight): the caller
+        must neither dispatch it nor release that slot.
+        """
         self._ensure(name)
         taken = self._gates.update_one(
             {"_id": name, f"holders.{limit - 1}": {"$exists": False}, "holders": {"$ne": job_id}},
             {"$push": {"holders": job_id}},
         )
         if taken.matched_count:
-            return True
-        return self._gates.count_documents({"_id": name, "holders": job_id}, limit=1) == 1
+            return Slot.TAKEN
+        held = self._gates.count_documents({"_id": name, "holders": job_id}, limit=1)
+        return Slot.HELD if held else Slot.FULL
 
     def release(self, name: str, job_id: ObjectId) -> None:
         self._gates.update_one({"_id": name}, {"$pull": {"holders": job_id}})

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from .clock import EPOCH, now
+from .dispatcher import nudge
 from .gates import Gates
 from .registry import Doc, Registry
 from .states import KILL_RUNNING, KILL_WAITING, RECOVER, REQUEUE, State
@@ -40,6 +41,8 @@ class Maintenance:
                 self.gates.release(doc["name"], doc["_id"])
                 log.warning("ticket for job %s was lost; re-issuing it", doc["_id"])
                 count += 1
+        if count:
+            nudge(self.registry)
         return count
 
     def recover_expired_runs(self) -> int:
@@ -66,6 +69,7 @@ class Maintenance:
         ):
             return False
         self.gates.release(doc["name"], doc["_id"])
+        nudge(self.registry)
         log.warning("job %s lost its worker %s (%s); it runs again", doc["_id"], locked.get("worker"), reason)
         return True
 

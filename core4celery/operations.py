@@ -14,6 +14,7 @@ from enum import Enum
 from bson import ObjectId
 
 from .clock import EPOCH, now
+from .dispatcher import nudge
 from .errors import JobExists, JobNotFound, OperationRefused
 from .gates import Gates
 from .jobdoc import new_job, options_of
@@ -38,6 +39,7 @@ class Outcome(str, Enum):
 
 class Operations:
     def __init__(self, registry: Registry, gates: Gates, dispatch: Callable[[], object]) -> None:
+        """``dispatch`` runs a dispatcher pass; jobs made due here also bump the scan generation."""
         self.registry = registry
         self.gates = gates
         self.dispatch = dispatch
@@ -103,6 +105,7 @@ class Operations:
                 if doc.get("dispatched_until") or self.registry.transition(
                     oid, RESTART_WAITING, {"query_at": now()}, where={"removed_at": None}
                 ):
+                    nudge(self.registry)
                     self.dispatch()
                     return str(oid)
             elif state in STOPPED:
@@ -150,5 +153,6 @@ class Operations:
                 f"(id {exc.job_id})"
             ) from None
         log.info("restarted job %s as %s", doc["_id"], child["_id"])
+        nudge(self.registry)
         self.dispatch()
         return str(child["_id"])

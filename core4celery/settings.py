@@ -40,6 +40,7 @@ class Settings:
     run_lease: float = 15.0
     dispatch_lease: float = 5.0
     dispatch_scan: int = 200
+    candidate_ttl: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.mongodb_url.startswith(("mongodb://", "mongodb+srv://")):

@@ -1,0 +1,161 @@
+"""Registry cost with a small and a large backlog of pending jobs.
+
+    python -m bench.backlog [--sizes 1000,100000] [--window 20]
+
+For each size: fill the registry with that many pending jobs, time each
+per-job registry operation (and the dispatcher's candidate scan, which runs
+once per dispatch pass, not per job), then let one worker (concurrency 2)
+drain the backlog for ``--window`` seconds and report jobs/s. Every query is
+index-backed (the script prints each plan's stages and fails on a COLLSCAN);
+SecantusDB materialises every document an indexed find matches, even with
+a limit, so the scan grows with the backlog there while it stays flat on
+mongod. Writes bench/results/backlog.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bson import ObjectId
+
+from bench.common import Bench, BenchFailed, plot, run, save, wait_until
+from core4celery.clock import EPOCH, now
+from core4celery.jobdoc import new_job
+from core4celery.registry import DISPATCH_ORDER
+from core4celery.states import REQUEUE
+
+TASK = "bench.core4_trivial"
+
+
+def fill(core4: Any, size: int) -> float:
+    """Bulk-insert pending jobs shaped exactly like enqueue() writes them."""
+    core4.registry.jobs.delete_many({})
+    core4.registry.journal.delete_many({})
+    options = core4.task(TASK).core4_options
+    began = time.perf_counter()
+    batch = []
+    for i in range(size):
+        batch.append(new_job(TASK, {"i": i}, options, query_at=now()))
+        if len(batch) == 2000:
+            core4.registry.jobs.insert_many(batch, ordered=False)
+            batch = []
+    if batch:
+        core4.registry.jobs.insert_many(batch, ordered=False)
+    return time.perf_counter() - began
+
+
+def timed(fn: Callable[[int], Any], repeat: int) -> float:
+    began = time.perf_counter()
+    for i in range(repeat):
+        fn(i)
+    return (time.perf_counter() - began) / repeat * 1000
+
+
+def operations(core4: Any, size: int) -> dict[str, Callable[[int], Any]]:
+    reg = core4.registry
+    sample = [d["_id"] for d in reg.jobs.find({}, {"_id": 1}).limit(200)]
+    return {
+        "enqueue (insert + dispatch call)": lambda i: core4.enqueue(TASK, i=size + 10_000_000 + i),
+        "find_one by id": lambda i: reg.live(sample[i % len(sample)]),
+        "guarded transition": lambda i: reg.transition(sample[i % len(sample)], REQUEUE, {"query_at": EPOCH}),
+        "gate acquire + release": lambda i: (core4.dispatcher.gates.acquire(TASK, sample[0], 100),
+                                             core4.dispatcher.gates.release(TASK, sample[0])),
+        "capacity (workers + 2 counts)": lambda i: core4.dispatcher.capacity(),
+        "housekeeping queries": lambda i: (list(reg.jobs.find({"dispatched_until": {"$gt": EPOCH, "$lt": now()}})),
+                                           list(reg.jobs.find({"state": "running", "locked.lease_until": {"$lt": now()}})),
+                                           list(reg.jobs.find({"removed_at": {"$gt": EPOCH}}))),
+        "candidate scan (per pass, limit 200)": lambda i: list(
+            reg.jobs.find({"query_at": {"$lte": now()}}, {"name": 1}).sort(DISPATCH_ORDER).limit(200)),
+    }
+
+
+REPEATS = {"candidate scan (per pass, limit 200)": 5, "enqueue (insert + dispatch call)": 100}
+
+
+def plans(core4: Any) -> dict[str, str]:
+    """The winning plan of each query shape; a COLLSCAN is a failure."""
+    shapes = {
+        "candidate scan": ({"query_at": {"$lte": now()}}, dict(DISPATCH_ORDER)),
+        "running": ({"state": "running"}, None),
+        "dispatched": ({"dispatched_until": {"$gt": EPOCH}}, None),
+        "removed": ({"removed_at": {"$gt": EPOCH}}, None),
+        "children": ({"mid": "x"}, None),
+        "by id": ({"_id": ObjectId()}, None),
+    }
+    found = {}
+    for label, (query, sort) in shapes.items():
+        cmd: dict[str, Any] = {"find": core4.registry.jobs.name, "filter": query, "limit": 200}
+        if sort:
+            cmd["sort"] = sort
+        plan = core4.registry.db.command("explain", cmd)["queryPlanner"]["winningPlan"]
+        stages = []
+        while plan:
+            stages.append(plan["stage"])
+            plan = plan.get("inputStage")
+        found[label] = " < ".join(stages)
+        if "COLLSCAN" in stages:
+            raise BenchFailed(f"{label} is not index-backed: {found[label]}")
+    return found
+
+
+def drain_rate(bench: Bench, core4: Any, window: float) -> float:
+    bench.worker(concurrency=2)
+    bench.wait_workers(core4.registry, 1)
+    wait_until(lambda: core4.registry.journal.count_documents({}) > 0, 120, "the first job to complete")
+    first, began = core4.registry.journal.count_documents({}), time.monotonic()
+    time.sleep(window)  # a measurement window, not a wait for a condition
+    done = core4.registry.journal.count_documents({}) - first
+    rate = done / (time.monotonic() - began)
+    bench.stop_workers()
+    core4.registry.workers.delete_many({})
+    core4.registry.control.update_many({"_id": "dispatch"}, {"$set": {"until": EPOCH, "owner": None}})
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,100000")
+    parser.add_argument("--window", type=float, default=20.0)
+    opts = parser.parse_args()
+    sizes = [int(s) for s in opts.sizes.split(",")]
+    results: dict[int, dict[str, float]] = {}
+    with Bench("backlog") as bench:
+        from bench.apps import core4
+
+        core4.registry.ensure_indexes()
+        query_plans = plans(core4)
+        for size in sizes:
+            seconds = fill(core4, size)
+            print(f"{size:,} pending jobs inserted in {seconds:.1f} s")
+            row = {label: timed(fn, REPEATS.get(label, 200)) for label, fn in operations(core4, size).items()}
+            row["drain jobs/s"] = drain_rate(bench, core4, opts.window)
+            results[size] = row
+        server = bench.server_label
+    labels = list(results[sizes[0]])
+    print(f"\n{server}; ms per operation (drain: jobs/s, 1 worker x 2)")
+    print(f"{'operation':40} " + " ".join(f"{s:>12,}" for s in sizes) + "   growth")
+    for label in labels:
+        values = [results[s][label] for s in sizes]
+        print(f"{label:40} " + " ".join(f"{v:12.2f}" for v in values) + f"   x{values[-1] / values[0]:.1f}")
+    print("\nplans: " + "; ".join(f"{k}: {v}" for k, v in query_plans.items()))
+    save("backlog", {"server": server, "sizes": sizes, "results": results, "plans": query_plans})
+
+    def draw(ax: Any) -> None:
+        width = 0.8 / len(sizes)
+        for k, size in enumerate(sizes):
+            ax.barh([i + k * width for i in range(len(labels))], [results[size][lb] for lb in labels], width,
+                    label=f"{size:,} pending")
+        ax.set_yticks([i + width / 2 for i in range(len(labels))], labels, fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per operation (drain: jobs/s)")
+        ax.legend()
+
+    plot("backlog", draw, "Registry cost by backlog size")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,87 @@
+"""max_parallel under load: many short jobs of a class limited to 3, on 2 workers x 4.
+
+    python -m bench.max_parallel [--jobs 1000] [--seconds 0.1] [--workers 2] [--concurrency 4]
+
+Each job records its start and finish; the highest overlap ever observed must
+equal the limit (3) — more is a correctness failure (exit 1), less means the
+limit was never reached. The elapsed time is compared with the ideal
+``jobs * seconds / 3``. Writes bench/results/max_parallel.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from bench.common import Bench, BenchFailed, plot, run, save, wait_drained, wait_until
+
+LIMIT = 3  # bench.limited's max_parallel
+
+
+def overlap(spans: list[tuple[float, float]]) -> tuple[int, list[tuple[float, int]]]:
+    """Highest number of spans open at once, and the step curve of open spans over time."""
+    events = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans], key=lambda e: (e[0], e[1]))
+    level, peak, curve = 0, 0, []
+    for at, step in events:
+        level += step
+        peak = max(peak, level)
+        curve.append((at, level))
+    return peak, curve
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=0.1)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4)
+    opts = parser.parse_args()
+    with Bench("max_parallel") as bench:
+        from bench.apps import core4, limited, trace
+
+        core4.registry.ensure_indexes()
+        for _ in range(opts.workers):
+            bench.worker(concurrency=opts.concurrency)
+        bench.wait_workers(core4.registry, opts.workers)
+        began = time.monotonic()
+        for i in range(opts.jobs):
+            limited.delay(i, opts.seconds)
+        collection: Any = trace()
+        wait_until(lambda: collection.count_documents({}) >= opts.jobs, opts.jobs * opts.seconds * 10 + 60,
+                   "every job to finish", interval=0.1)
+        elapsed = time.monotonic() - began
+        wait_drained(core4)
+        docs = list(collection.find({}, {"start": 1, "finish": 1, "worker": 1}))
+        server = bench.server_label
+    if len(docs) != opts.jobs or len({d["_id"] for d in docs}) != opts.jobs:
+        raise BenchFailed(f"{len(docs)} runs recorded for {opts.jobs} jobs")
+    peak, curve = overlap([(d["start"], d["finish"]) for d in docs])
+    workers = sorted({d["worker"] for d in docs})
+    ideal = opts.jobs * opts.seconds / LIMIT
+    report = {"server": server, "jobs": opts.jobs, "seconds": opts.seconds, "limit": LIMIT, "peak": peak,
+              "elapsed": elapsed, "ideal": ideal, "efficiency": ideal / elapsed,
+              "workers": f"{opts.workers} x concurrency {opts.concurrency}", "workers_used": workers}
+    print(f"{opts.jobs} jobs x {opts.seconds:g} s, max_parallel={LIMIT}, {report['workers']}, {server}")
+    print(f"highest observed concurrency: {peak} (limit {LIMIT}); workers used: {len(workers)}")
+    print(f"elapsed {elapsed:.1f} s, ideal {ideal:.1f} s, efficiency {ideal / elapsed:.0%}")
+    save("max_parallel", report)
+
+    def draw(ax: Any) -> None:
+        t0 = curve[0][0]
+        ax.step([at - t0 for at, _ in curve], [level for _, level in curve], where="post", lw=0.6)
+        ax.axhline(LIMIT, color="r", ls="--", label=f"max_parallel={LIMIT}")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("jobs running")
+        ax.legend()
+
+    plot("max_parallel", draw, f"{opts.jobs} jobs, {report['workers']}: peak {peak}")
+    if peak > LIMIT:
+        raise BenchFailed(f"max_parallel exceeded: {peak} jobs ran at once, limit {LIMIT}")
+    if peak < LIMIT:
+        raise BenchFailed(f"the limit was never reached (peak {peak}); the run proves nothing")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
