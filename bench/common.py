@@ -15,7 +15,7 @@ from typing import Any
 from core4celery.devserver import TestServer
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+RESULTS = Path(os.environ.get("CORE4CELERY_BENCH_RESULTS") or REPO / "bench" / "results")
 CONF_ENV = "CORE4CELERY_BENCH_CONF"
 
 

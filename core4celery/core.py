@@ -19,8 +19,9 @@ from .backend import RegistryBackend
 from .broker import prepare_broker
 from .clock import later, now
 from .control import Control
-from .dispatcher import Dispatcher
+from .dispatcher import BackgroundDispatch, Dispatcher
 from .errors import InvalidArguments, JobNotFound, UnknownTask
+from .events import JobEvents
 from .jobdoc import new_job
 from .jsonargs import check_json
 from .operations import Operations, Outcome
@@ -73,11 +74,15 @@ class Core4:
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
-        return Dispatcher(self.registry, self.app)
+        return Dispatcher(self.registry, self.app, self.events)
+
+    @cached_property
+    def events(self) -> JobEvents:
+        return JobEvents(self.app)
 
     @cached_property
     def operations(self) -> Operations:
-        return Operations(self.registry, self.dispatcher.gates, self.dispatch)
+        return Operations(self.registry, self.dispatcher.gates, self.dispatch, self.events)
 
     @cached_property
     def control(self) -> Control:
@@ -157,8 +162,18 @@ class Core4:
             return eta.astimezone(timezone.utc).replace(tzinfo=None) if eta.tzinfo else eta
         return now()
 
+    @cached_property
+    def background(self) -> BackgroundDispatch:
+        return BackgroundDispatch(self.dispatcher)
+
     def dispatch(self) -> int:
-        """Issue tickets for due jobs now instead of waiting for a worker's timer."""
+        """Issue tickets for due jobs now instead of waiting for a worker's timer.
+
+        Inside a running job the pass runs on a background thread (returns 0).
+        """
+        if self.app.current_worker_task is not None:
+            self.background.kick()
+            return 0
         return self.dispatcher.run()
 
     # -- operate -----------------------------------------------------------

@@ -16,6 +16,8 @@ guarded update.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +26,7 @@ from celery import Celery
 
 from .clock import EPOCH, later, now
 from .control import Control
+from .events import JobEvents
 from .gates import Gates, Slot
 from .mutex import Mutex
 from .registry import DISPATCH_ORDER, Doc, Registry
@@ -32,7 +35,7 @@ from .states import DISPATCH, INACTIVATE, State
 log = logging.getLogger(__name__)
 
 MUTEX = "dispatch"
-CANDIDATE_FIELDS = {"name": 1, "state": 1, "max_parallel": 1, "inactive_at": 1, "args": 1, "queue": 1}
+CANDIDATE_FIELDS = {"name": 1, "state": 1, "max_parallel": 1, "inactive_at": 1, "args": 1, "queue": 1, "mid": 1}
 
 
 def nudge(registry: Registry) -> None:
@@ -43,10 +46,44 @@ def nudge(registry: Registry) -> None:
     registry.control.update_one({"_id": MUTEX}, {"$inc": {"generation": 1}})
 
 
+class BackgroundDispatch:
+    """Dispatcher passes on a thread of this process, requested by ``kick()``.
+
+    Used inside a running job: the job's process is free for its next ticket
+    at once, and tickets are published outside the job's Celery context, so
+    Celery does not record unrelated jobs as the job's children.
+    """
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self._wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def kick(self) -> None:
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._loop, name="core4celery-dispatch", daemon=True)
+                self._thread.start()
+        self._wanted.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            try:
+                self.dispatcher.run()
+            except Exception:
+                log.exception("core4celery dispatch failed; the worker's ticker retries")
+
+
 class Dispatcher:
-    def __init__(self, registry: Registry, app: Celery) -> None:
+    def __init__(self, registry: Registry, app: Celery, events: JobEvents | None = None) -> None:
         self.registry = registry
         self.app = app
+        self.events = events
         self.gates = Gates(lambda: registry.gates)
         self.mutex = Mutex(lambda: registry.control, MUTEX, lease=registry.settings.dispatch_lease)
         self.control = Control(registry)
@@ -155,6 +192,8 @@ class Dispatcher:
         )
         if done:
             log.error("done execution with [inactive] - [%s] with [%s]", doc["name"], doc["_id"])
+            if self.events is not None:
+                self.events.send("inactive", doc["_id"], exception="inactive: still deferred after defer_max")
         return True
 
     def _mark(self, doc: Doc, stamp: Any) -> bool:
@@ -168,6 +207,8 @@ class Dispatcher:
         options: dict[str, Any] = {"task_id": str(doc["_id"])}
         if doc.get("queue"):
             options["queue"] = doc["queue"]
+        if doc.get("mid"):  # monitors (Flower) show the mother-child tree
+            options["parent_id"] = options["root_id"] = doc["mid"]
         try:
             self.app.send_task(doc["name"], kwargs=doc.get("args") or {}, **options)
         except Exception:

@@ -89,6 +89,7 @@ class Node:
         """Record the kill first, then SIGKILL the pool process unless it already moved on to another job."""
         if not maintenance.kill(doc, "killed on request"):
             return
+        self.core4.events.send("killed", doc["_id"], exception="JobKilled('killed on request')")
         pid = (doc.get("locked") or {}).get("pid")
         if not pid or pid == os.getpid():
             log.warning("job %s runs in the worker process itself (solo pool); it is not interrupted", doc["_id"])

@@ -16,6 +16,7 @@ from bson import ObjectId
 from .clock import EPOCH, now
 from .dispatcher import nudge
 from .errors import JobExists, JobNotFound, OperationRefused
+from .events import JobEvents
 from .gates import Gates
 from .jobdoc import new_job, options_of
 from .maintenance import Maintenance
@@ -38,8 +39,11 @@ class Outcome(str, Enum):
 
 
 class Operations:
-    def __init__(self, registry: Registry, gates: Gates, dispatch: Callable[[], object]) -> None:
+    def __init__(
+        self, registry: Registry, gates: Gates, dispatch: Callable[[], object], events: JobEvents | None = None
+    ) -> None:
         """``dispatch`` runs a dispatcher pass; jobs made due here also bump the scan generation."""
+        self.events = events
         self.registry = registry
         self.gates = gates
         self.dispatch = dispatch
@@ -63,6 +67,8 @@ class Operations:
             state = State(doc["state"])
             if state in WAITING:
                 if self.maintenance.kill(doc, "killed while waiting"):
+                    if self.events is not None:
+                        self.events.send("killed", oid, exception="JobKilled('killed while waiting')")
                     self.dispatch()
                     return Outcome.KILLED
             elif state is State.RUNNING:

@@ -156,4 +156,6 @@ class JobRun:
             {"$set": {"prog": {"value": float(value), "message": message}, "locked.heartbeat": stamp}},
         )
         log.debug("progress [%d%%] - %s", round(value * 100), message or "")
+        self.core4.events.send("progress", self.oid, progress=float(value),
+                               result=f"{value:.0%} {message or ''}".rstrip())
         return True

@@ -37,6 +37,9 @@ class Core4Task(Task):  # type: ignore[misc]
 
     abstract = True
     acks_late = True
+    # a pool process that dies (crash or kill) must not be reported as the job's failure:
+    # the registry decides (recovered or killed); the ticket is requeued and ignored
+    reject_on_worker_lost = True
     typing = False
     author: ClassVar[str | None] = None
     attempts = JobOptions.attempts

@@ -74,6 +74,8 @@ class Core4WorkerStep(bootsteps.StartStopStep):
         self.core4: Core4 = worker.app.core4celery
         self.worker_id = f"{worker.hostname}:{os.getpid()}"
         self.core4.attach_worker(self.worker_id)  # pool children inherit it when forked
+        if worker.task_events:
+            self.core4.events.enable(worker.hostname)
         self.core4.registry  # noqa: B018 - indexes and broker collections before the consumer connects
         self.ticker: Ticker | None = None
 

@@ -72,6 +72,13 @@ def build(url: str) -> tuple[Celery, Core4]:
         time.sleep(seconds)
         return seconds
 
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.stepper", author="test")
+    def stepper(self: Core4Task, steps: int, pause: float) -> int:
+        for step in range(steps):
+            self.progress(step / steps, f"step {step} of {steps}", force=True)
+            time.sleep(pause)
+        return steps
+
     @app.task(base=Core4Task, bind=True, shared=False, name="t.defer_then", author="test", defer_time=0.5)
     def defer_then(self: Core4Task, times: int) -> int:
         if self.trial <= times:

@@ -18,10 +18,11 @@ class Cluster:
         self.test_name = test_name
         self.trace = trace_collection(url)
 
-    def worker(self, name: str = "w1", concurrency: int = 2, wait: bool = True) -> WorkerProcess:
+    def worker(self, name: str = "w1", concurrency: int = 2, wait: bool = True,
+               extra: tuple[str, ...] = ()) -> WorkerProcess:
         log_dir = ARTIFACTS / "workers"
         log_dir.mkdir(parents=True, exist_ok=True)
-        proc = WorkerProcess(self.url, f"{self.test_name}-{name}", concurrency, log_dir=log_dir).start()
+        proc = WorkerProcess(self.url, f"{self.test_name}-{name}", concurrency, log_dir=log_dir, extra=extra).start()
         self.workers.append(proc)
         if wait:
             self.wait_registered(proc)
