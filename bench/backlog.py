@@ -24,7 +24,7 @@ from bson import ObjectId
 from bench.common import Bench, BenchFailed, plot, run, save, wait_until
 from core4celery.clock import EPOCH, now
 from core4celery.jobdoc import new_job
-from core4celery.registry import DISPATCH_ORDER
+from core4celery.registry import DISPATCH_INDEX, DISPATCH_ORDER
 from core4celery.states import REQUEUE
 
 TASK = "bench.core4_trivial"
@@ -69,7 +69,8 @@ def operations(core4: Any, size: int) -> dict[str, Callable[[int], Any]]:
                                            list(reg.jobs.find({"state": "running", "locked.lease_until": {"$lt": now()}})),
                                            list(reg.jobs.find({"removed_at": {"$gt": EPOCH}}))),
         "candidate scan (per pass, limit 200)": lambda i: list(
-            reg.jobs.find({"query_at": {"$lte": now()}}, {"name": 1}).sort(DISPATCH_ORDER).limit(200)),
+            reg.jobs.find({"query_at": {"$lte": now()}}, {"name": 1}).sort(DISPATCH_ORDER).hint(DISPATCH_INDEX)
+            .limit(200)),
     }
 
 
@@ -79,7 +80,7 @@ REPEATS = {"candidate scan (per pass, limit 200)": 5, "enqueue (insert + dispatc
 def plans(core4: Any) -> dict[str, str]:
     """The winning plan of each query shape; a COLLSCAN is a failure."""
     shapes = {
-        "candidate scan": ({"query_at": {"$lte": now()}}, dict(DISPATCH_ORDER)),
+        "candidate scan": ({"query_at": {"$lte": now()}}, dict(DISPATCH_ORDER)),  # hinted, as the dispatcher does
         "running": ({"state": "running"}, None),
         "dispatched": ({"dispatched_until": {"$gt": EPOCH}}, None),
         "removed": ({"removed_at": {"$gt": EPOCH}}, None),
@@ -91,6 +92,7 @@ def plans(core4: Any) -> dict[str, str]:
         cmd: dict[str, Any] = {"find": core4.registry.jobs.name, "filter": query, "limit": 200}
         if sort:
             cmd["sort"] = sort
+            cmd["hint"] = DISPATCH_INDEX
         plan = core4.registry.db.command("explain", cmd)["queryPlanner"]["winningPlan"]
         stages = []
         while plan:

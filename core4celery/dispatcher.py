@@ -29,7 +29,7 @@ from .control import Control
 from .events import JobEvents
 from .gates import Gates, Slot
 from .mutex import Mutex
-from .registry import DISPATCH_ORDER, Doc, Registry
+from .registry import DISPATCH_INDEX, DISPATCH_ORDER, Doc, Registry
 from .states import DISPATCH, INACTIVATE, State
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class Dispatcher:
             self._candidates = list(
                 self.registry.jobs.find({"query_at": {"$lte": stamp}}, CANDIDATE_FIELDS)
                 .sort(DISPATCH_ORDER)
+                .hint(DISPATCH_INDEX)  # equality-sort-range index; small collections would plan a COLLSCAN
                 .limit(self.registry.settings.dispatch_scan)
             )
             self._scanned = (current, time.monotonic())

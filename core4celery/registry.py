@@ -26,6 +26,7 @@ Doc = dict[str, Any]
 
 # force first, then higher priority, then FIFO: core4's selection order
 DISPATCH_ORDER = [("force", DESCENDING), ("priority", DESCENDING), ("_id", ASCENDING)]
+DISPATCH_INDEX = "dispatch_order"
 
 
 def as_object_id(job_id: str | ObjectId) -> ObjectId:
@@ -100,7 +101,7 @@ class Registry:
     def _create_indexes(self) -> None:
         jobs = self.jobs
         jobs.create_index([("name", ASCENDING), ("args_hash", ASCENDING)], unique=True, name="unique_job")
-        jobs.create_index([*DISPATCH_ORDER, ("query_at", ASCENDING)], name="dispatch_order")
+        jobs.create_index([*DISPATCH_ORDER, ("query_at", ASCENDING)], name=DISPATCH_INDEX)
         jobs.create_index([("state", ASCENDING)], name="state")
         jobs.create_index([("dispatched_until", ASCENDING)], name="dispatched", sparse=True)
         jobs.create_index([("locked.worker", ASCENDING)], name="locked_worker", sparse=True)
