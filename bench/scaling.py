@@ -85,7 +85,7 @@ def main() -> int:
         prime_core4.registry.ensure_indexes()
         size = math.ceil(opts.end / opts.chunks)
         for workers in (int(w) for w in opts.prime_workers.split(",")):
-            prime_core4.registry.db["primes"].drop()
+            prime_core4.registry.db["prime_chunks"].drop()
             elapsed, found = timed_mother(bench, prime_core4, workers, "prime.PrimeJob", 3600,
                                           start=1, end=opts.end, size=size, run=workers)
             if found != expected:

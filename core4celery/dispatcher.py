@@ -35,6 +35,7 @@ from .states import DISPATCH, INACTIVATE, State
 log = logging.getLogger(__name__)
 
 MUTEX = "dispatch"
+SLOW_SCAN_FACTOR = 10
 CANDIDATE_FIELDS = {"name": 1, "state": 1, "max_parallel": 1, "inactive_at": 1, "args": 1, "queue": 1, "mid": 1}
 
 
@@ -89,6 +90,7 @@ class Dispatcher:
         self.control = Control(registry)
         self._candidates: list[Doc] = []
         self._scanned: tuple[object, float] = (None, 0.0)  # (generation, monotonic time)
+        self._ttl = registry.settings.candidate_ttl
 
     def nudge(self) -> None:
         nudge(self.registry)
@@ -98,24 +100,43 @@ class Dispatcher:
         return (doc or {}).get("generation", 0)
 
     def candidates(self, stamp: Any) -> list[Doc]:
-        generation, scanned_at = self._scanned
-        fresh = time.monotonic() - scanned_at < self.registry.settings.candidate_ttl
+        """The cached scan; rescanned when used up, older than its ttl, or a job became due out of turn."""
         current = self._generation()
-        if not (self._candidates and fresh and generation == current):
-            self._candidates = list(
-                self.registry.jobs.find({"query_at": {"$lte": stamp}}, CANDIDATE_FIELDS)
-                .sort(DISPATCH_ORDER)
-                .hint(DISPATCH_INDEX)  # equality-sort-range index; small collections would plan a COLLSCAN
-                .limit(self.registry.settings.dispatch_scan)
-            )
-            self._scanned = (current, time.monotonic())
+        if not self._fresh(current):
+            self._scan(stamp, current)
         return self._candidates
+
+    def _fresh(self, current: object) -> bool:
+        generation, scanned_at = self._scanned
+        return bool(self._candidates) and generation == current and time.monotonic() - scanned_at < self._ttl
+
+    def _scan(self, stamp: Any, generation: object) -> None:
+        began = time.monotonic()
+        self._candidates = list(
+            self.registry.jobs.find({"query_at": {"$lte": stamp}}, CANDIDATE_FIELDS)
+            .sort(DISPATCH_ORDER)
+            .hint(DISPATCH_INDEX)  # equality-sort-range index; small collections would plan a COLLSCAN
+            .limit(self.registry.settings.dispatch_scan)
+        )
+        took = time.monotonic() - began
+        # a slow scan (a big backlog on a server that reads every match) is repeated less often;
+        # jobs made due out of turn still force a rescan through the generation
+        self._ttl = max(self.registry.settings.candidate_ttl, SLOW_SCAN_FACTOR * took)
+        self._scanned = (generation, time.monotonic())
+
+    def _prefetch(self) -> None:
+        """Refresh a stale scan before taking the mutex, so a slow scan holds up no other dispatcher."""
+        current = self._generation()
+        if self._fresh(current) or self.control.paused() or self.capacity() <= 0:
+            return
+        self._scan(now(), current)
 
     def run(self, before: Callable[[], object] | None = None) -> int:
         """One or more passes under the cluster mutex; returns the tickets issued.
 
         ``before`` runs under the mutex too, for repairs that must not race a pass.
         """
+        self._prefetch()
         token = self.mutex.acquire()
         if token is None:
             return 0

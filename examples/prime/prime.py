@@ -2,8 +2,10 @@
 
 A mother job splits ``[start, end)`` into chunks, enqueues one child per
 chunk (tagged with her id as ``mid``), defers, and watches her children until
-none is left; then she counts what they stored. Children store each prime
-with its value as ``_id``, so a re-run after a crash is idempotent.
+none is left; then she adds up what they stored. Each child stores one
+document per chunk (its prime count, keyed by run and chunk), so a re-run
+after a crash overwrites rather than double-counts, and the database does one
+write per chunk instead of one per prime.
 
 Run a worker with ``celery -A examples.prime.prime worker``.
 """
@@ -16,7 +18,6 @@ from typing import Any
 
 from celery import Celery
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
 
 from core4celery import Core4, Core4Task
 
@@ -43,7 +44,7 @@ class PrimeJob(Core4Task):
     def execute(self, start: int, end: int, size: int | None = None, run: int = 0) -> int:
         if size:
             return self.mother(start, end, size, run)
-        return self.work(start, end)
+        return self.work(start, end, run)
 
     def mother(self, start: int, end: int, size: int, run: int) -> int:
         total = math.ceil((end - start) / size)
@@ -55,26 +56,24 @@ class PrimeJob(Core4Task):
         if live:
             self.progress(1 - live / total, f"{total - live} of {total} chunks done", force=True)
             self.defer("waiting for %d of %d chunks", live, total)
-        return int(primes(self).count_documents({"_id": {"$gte": start, "$lt": end}}))
+        stored = chunks(self).find({"run": run, "start": {"$gte": start}, "end": {"$lte": end}}, {"count": 1})
+        return sum(int(doc["count"]) for doc in stored)
 
-    def work(self, start: int, end: int) -> int:
-        found = []
+    def work(self, start: int, end: int, run: int) -> int:
+        found = 0
         for n in range(start, end):
             if is_prime(n):
-                found.append({"_id": n})
+                found += 1
             if n % 5000 == 0:
                 self.progress((n - start) / (end - start), f"at {n}")
-        if found:
-            try:
-                primes(self).insert_many(found, ordered=False)
-            except BulkWriteError as exc:  # a re-run finds its earlier inserts: fine
-                if any(e["code"] != 11000 for e in exc.details["writeErrors"]):
-                    raise
-        return len(found)
+        chunks(self).replace_one(
+            {"_id": f"{run}:{start}"}, {"run": run, "start": start, "end": end, "count": found}, upsert=True
+        )
+        return found
 
 
-def primes(task: Core4Task) -> Collection[dict[str, Any]]:
-    return task.core4.registry.db["primes"]
+def chunks(task: Core4Task) -> Collection[dict[str, Any]]:
+    return task.core4.registry.db["prime_chunks"]
 
 
 app.register_task(PrimeJob())
