@@ -107,6 +107,8 @@ class Operations:
             state = State(doc["state"])
             if doc.get("journaled"):
                 return self._resume_restart(doc)
+            if doc.get("removed_at"):
+                raise OperationRefused(f"cannot restart job {oid}: it is being removed")
             if state in (State.DEFERRED, State.FAILED):
                 if doc.get("dispatched_until") or self.registry.transition(
                     oid, RESTART_WAITING, {"query_at": now()}, where={"removed_at": None}
@@ -125,8 +127,6 @@ class Operations:
 
     def _restart_stopped(self, doc: Doc) -> str:
         oid, child_id = doc["_id"], ObjectId()
-        if doc.get("removed_at"):
-            raise OperationRefused(f"cannot restart job {oid}: it is being removed")
         if not self.registry.transition(
             oid, CLAIM_RESTART, {"enqueued.child_id": child_id}, where={"enqueued.child_id": None}
         ):

@@ -147,6 +147,8 @@ def test_remove_in_each_state(cluster: Cluster) -> None:
         assert doc["journaled"] and doc["state"] == state and doc["removed_at"] is not None
     assert core4.remove(running) is Outcome.REMOVE_REQUESTED
     assert core4.get(running)["removed_at"] is not None
+    with pytest.raises(OperationRefused, match="being removed"):
+        core4.restart(running)
     done = wait_for(lambda: (d := core4.get(running)).get("journaled") and d, 30, what="the removed job's journal entry")
     assert done["state"] == "complete" and done["removed_at"] is not None
     with pytest.raises(OperationRefused, match="journaled"):
