@@ -21,7 +21,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from bench.common import Bench, BenchFailed, plot, run, save, wait_until
+from bench.common import Bench, BenchFailed, forget_workers, plot, run, save, wait_until
 from core4celery.clock import EPOCH, now
 from core4celery.jobdoc import new_job
 from core4celery.registry import DISPATCH_INDEX, DISPATCH_ORDER
@@ -113,8 +113,7 @@ def drain_rate(bench: Bench, core4: Any, window: float) -> float:
     done = core4.registry.journal.count_documents({}) - first
     rate = done / (time.monotonic() - began)
     bench.stop_workers()
-    core4.registry.workers.delete_many({})
-    core4.registry.control.update_many({"_id": "dispatch"}, {"$set": {"until": EPOCH, "owner": None}})
+    forget_workers(core4)
     return rate
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from core4celery.clock import EPOCH
 from core4celery.devserver import TestServer
+from core4celery.dispatcher import MUTEX
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("CORE4CELERY_BENCH_RESULTS") or REPO / "bench" / "results")
@@ -72,6 +74,13 @@ class Bench:
             os.environ.pop("CORE4CELERY_MONGODB_URL", None)
         else:
             os.environ["CORE4CELERY_MONGODB_URL"] = self._saved_url
+
+
+def forget_workers(core4: Any) -> None:
+    """After SIGKILLing workers: drop their registrations and free the dispatch mutex they may hold
+    (for up to dispatch_lease), so the next configuration starts from a clean slate."""
+    core4.registry.workers.delete_many({})
+    core4.registry.control.update_many({"_id": MUTEX}, {"$set": {"until": EPOCH, "owner": None}})
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:

@@ -17,8 +17,7 @@ import math
 import time
 from typing import Any
 
-from bench.common import Bench, BenchFailed, plot, run, save, wait_until
-from core4celery.clock import EPOCH
+from bench.common import Bench, BenchFailed, forget_workers, plot, run, save, wait_until
 
 CORE4_PUBLISHED = {1: 197.0, 2: 104.0, 4: 47.0, 8: 26.0}
 
@@ -34,10 +33,7 @@ def count_primes(limit: int) -> int:
 
 def timed_mother(bench: Bench, core4: Any, workers: int, name: str, timeout: float, **args: Any) -> tuple[float, Any]:
     bench.stop_workers()
-    # SIGKILLed workers leave their registrations and maybe the dispatch mutex (held for up to
-    # dispatch_lease); start every configuration from a clean slate instead of waiting that out
-    core4.registry.workers.delete_many({})
-    core4.registry.control.update_many({"_id": "dispatch"}, {"$set": {"until": EPOCH, "owner": None}})
+    forget_workers(core4)
     app = (name.rsplit(".", 1)[0] == "prime" and "examples.prime.prime") or "bench.apps"
     for i in range(workers):
         bench.worker(concurrency=1, name=f"n{i}", app=app)

@@ -203,9 +203,7 @@ class Core4:
 
     def workers(self) -> list[Doc]:
         """Workers whose heartbeat is recent, each with the ids of the jobs it runs."""
-        alive = list(self.registry.workers.find(
-            {"heartbeat": {"$gte": later(-self.settings.worker_timeout)}}
-        ).sort("_id", 1))
+        alive = list(self.registry.alive_workers().sort("_id", 1))
         for worker in alive:
             worker["running"] = [
                 str(doc["_id"]) for doc in self.registry.jobs.find(

@@ -99,9 +99,13 @@ class Dispatcher:
         doc = self.registry.control.find_one({"_id": MUTEX}, {"generation": 1})
         return (doc or {}).get("generation", 0)
 
-    def candidates(self, stamp: Any) -> list[Doc]:
-        """The cached scan; rescanned when used up, older than its ttl, or a job became due out of turn."""
-        current = self._generation()
+    def candidates(self, stamp: Any, current: object = None) -> list[Doc]:
+        """The cached scan; rescanned when used up, older than its ttl, or a job became due out of turn.
+
+        ``current`` is a generation the caller has just read; otherwise it is read here.
+        """
+        if current is None:
+            current = self._generation()
         if not self._fresh(current):
             self._scan(stamp, current)
         return self._candidates
@@ -124,19 +128,22 @@ class Dispatcher:
         self._ttl = max(self.registry.settings.candidate_ttl, SLOW_SCAN_FACTOR * took)
         self._scanned = (generation, time.monotonic())
 
-    def _prefetch(self) -> None:
-        """Refresh a stale scan before taking the mutex, so a slow scan holds up no other dispatcher."""
+    def _prefetch(self) -> object:
+        """Refresh a stale scan before taking the mutex, so a slow scan holds up no other dispatcher.
+
+        Returns the generation it read, for the first pass of this run.
+        """
         current = self._generation()
-        if self._fresh(current) or self.control.paused() or self.capacity() <= 0:
-            return
-        self._scan(now(), current)
+        if not (self._fresh(current) or self.control.paused() or self.capacity() <= 0):
+            self._scan(now(), current)
+        return current
 
     def run(self, before: Callable[[], object] | None = None) -> int:
         """One or more passes under the cluster mutex; returns the tickets issued.
 
         ``before`` runs under the mutex too, for repairs that must not race a pass.
         """
-        self._prefetch()
+        current = self._prefetch()
         token = self.mutex.acquire()
         if token is None:
             return 0
@@ -145,7 +152,9 @@ class Dispatcher:
             if before is not None:
                 before()
             while True:
-                issued += self._pass()
+                # a later pass runs because someone asked for it: read the generation afresh
+                issued += self._pass(current)
+                current = None
                 if self.mutex.release(token):
                     return issued
         except BaseException:
@@ -159,11 +168,7 @@ class Dispatcher:
         return paused
 
     def capacity(self) -> int:
-        settings = self.registry.settings
-        alive = self.registry.workers.find(
-            {"heartbeat": {"$gte": later(-settings.worker_timeout)}}, {"concurrency": 1}
-        )
-        slots = sum(int(w.get("concurrency") or 0) for w in alive)
+        slots = sum(int(w.get("concurrency") or 0) for w in self.registry.alive_workers({"concurrency": 1}))
         if slots <= 0:
             return 0
         jobs = self.registry.jobs
@@ -171,7 +176,7 @@ class Dispatcher:
         busy += jobs.count_documents({"dispatched_until": {"$gt": EPOCH}})
         return slots - busy
 
-    def _pass(self) -> int:
+    def _pass(self, current: object = None) -> int:
         if self.control.paused():
             return 0
         free = self.capacity()
@@ -181,7 +186,7 @@ class Dispatcher:
         full: set[str] = set()
         stamp = now()
         used: set[object] = set()
-        for doc in self.candidates(stamp):
+        for doc in self.candidates(stamp, current):
             if doc["name"] in full:
                 continue
             used.add(doc["_id"])  # whatever happens next, this entry is spent

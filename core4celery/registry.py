@@ -15,9 +15,11 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.collection import Collection
+from pymongo.cursor import Cursor
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from .clock import later
 from .errors import ConfigurationError, JobExists, JobNotFound
 from .settings import Settings
 from .states import Transition
@@ -171,6 +173,10 @@ class Registry:
         if self.jobs.count_documents({"_id": job_id}, limit=1):
             self.journal.delete_one({"_id": job_id})
         return None
+
+    def alive_workers(self, projection: Mapping[str, Any] | None = None) -> Cursor[Doc]:
+        """Workers whose heartbeat is within ``worker_timeout``."""
+        return self.workers.find({"heartbeat": {"$gte": later(-self.settings.worker_timeout)}}, projection)
 
     def children(self, mid: str) -> Iterator[Doc]:
         return iter(self.jobs.find({"mid": mid}))

@@ -38,6 +38,12 @@ class Cluster:
             return doc if doc["state"] in states else None
         return wait_for(check, timeout, what=f"job {job_id} to reach {states}")  # type: ignore[no-any-return]
 
+    def wait_journaled(self, job_id: str, timeout: float = 30) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            doc = self.core4.get(job_id)
+            return doc if doc.get("journaled") else None
+        return wait_for(check, timeout, what=f"job {job_id} to be journaled")  # type: ignore[no-any-return]
+
     def stop(self) -> None:
         """Teardown needs no graceful shutdown (the database is dropped next); SIGKILL is instant."""
         for proc in self.workers:

@@ -149,7 +149,7 @@ def test_remove_in_each_state(cluster: Cluster) -> None:
     assert core4.get(running)["removed_at"] is not None
     with pytest.raises(OperationRefused, match="being removed"):
         core4.restart(running)
-    done = wait_for(lambda: (d := core4.get(running)).get("journaled") and d, 30, what="the removed job's journal entry")
+    done = cluster.wait_journaled(running)
     assert done["state"] == "complete" and done["removed_at"] is not None
     with pytest.raises(OperationRefused, match="journaled"):
         core4.remove(pending)
@@ -163,7 +163,7 @@ def test_remove_running_job_that_defers_is_journaled_deferred(cluster: Cluster) 
     core4.restart(job_id)  # runs again at once
     # flag it whatever it is doing; it must end journaled without running again
     outcome = core4.remove(job_id)
-    doc = wait_for(lambda: (d := core4.get(job_id)).get("journaled") and d, 20, what="removal")
+    doc = cluster.wait_journaled(job_id, timeout=20)
     assert doc["state"] == "deferred" and outcome in (Outcome.REMOVED, Outcome.REMOVE_REQUESTED)
     assert doc["trial"] <= 2
 
