@@ -23,9 +23,9 @@ from bson import ObjectId
 
 from bench.common import Bench, BenchFailed, forget_workers, plot, run, save, wait_until
 from core4celery.clock import EPOCH, now
-from core4celery.jobdoc import new_job
-from core4celery.registry import DISPATCH_INDEX, DISPATCH_ORDER
-from core4celery.states import REQUEUE
+from core4celery.store.connection import DISPATCH_INDEX, DISPATCH_ORDER
+from core4celery.store.document import new_job
+from core4celery.store.states import REQUEUE
 
 TASK = "bench.core4_trivial"
 PLAN_MIN = 1000
@@ -33,18 +33,18 @@ PLAN_MIN = 1000
 
 def fill(core4: Any, size: int) -> float:
     """Bulk-insert pending jobs shaped exactly like enqueue() writes them."""
-    core4.registry.jobs.delete_many({})
-    core4.registry.journal.delete_many({})
+    core4.connection.jobs.delete_many({})
+    core4.connection.journal.delete_many({})
     options = core4.task(TASK).core4_options
     began = time.perf_counter()
     batch = []
     for i in range(size):
         batch.append(new_job(TASK, {"i": i}, options, query_at=now()))
         if len(batch) == 2000:
-            core4.registry.jobs.insert_many(batch, ordered=False)
+            core4.connection.jobs.insert_many(batch, ordered=False)
             batch = []
     if batch:
-        core4.registry.jobs.insert_many(batch, ordered=False)
+        core4.connection.jobs.insert_many(batch, ordered=False)
     return time.perf_counter() - began
 
 
@@ -56,15 +56,17 @@ def timed(fn: Callable[[int], Any], repeat: int) -> float:
 
 
 def operations(core4: Any, size: int) -> dict[str, Callable[[int], Any]]:
-    reg = core4.registry
+    reg = core4.connection
     sample = [d["_id"] for d in reg.jobs.find({}, {"_id": 1}).limit(200)]
     return {
         "enqueue (insert + dispatch call)": lambda i: core4.enqueue(TASK, i=size + 10_000_000 + i),
-        "find_one by id": lambda i: reg.live(sample[i % len(sample)]),
-        "guarded transition": lambda i: reg.transition(sample[i % len(sample)], REQUEUE, {"query_at": EPOCH}),
-        "gate acquire + release": lambda i: (core4.dispatcher.gates.acquire(TASK, sample[0], 100),
-                                             core4.dispatcher.gates.release(TASK, sample[0])),
-        "capacity (workers + 2 counts)": lambda i: core4.dispatcher.capacity(),
+        "find_one by id": lambda i: core4.store.live(sample[i % len(sample)]),
+        # the store's primitives, measured directly (private on purpose: not an API)
+        "guarded transition": lambda i: core4.store._apply(REQUEUE, sample[i % len(sample)],
+                                                           {"$set": {"query_at": EPOCH}}),
+        "gate acquire + release": lambda i: (core4.store._gates.acquire(TASK, sample[0], 100),
+                                             core4.store._gates.release(TASK, sample[0])),
+        "capacity (workers + busy per queue)": lambda i: core4.dispatcher.capacity(),
         "housekeeping queries": lambda i: (list(reg.jobs.find({"dispatched_until": {"$gt": EPOCH, "$lt": now()}})),
                                            list(reg.jobs.find({"state": "running", "locked.lease_until": {"$lt": now()}})),
                                            list(reg.jobs.find({"removed_at": {"$gt": EPOCH}}))),
@@ -89,11 +91,11 @@ def plans(core4: Any) -> dict[str, str]:
     }
     found = {}
     for label, (query, sort) in shapes.items():
-        cmd: dict[str, Any] = {"find": core4.registry.jobs.name, "filter": query, "limit": 200}
+        cmd: dict[str, Any] = {"find": core4.connection.jobs.name, "filter": query, "limit": 200}
         if sort:
             cmd["sort"] = sort
             cmd["hint"] = DISPATCH_INDEX
-        plan = core4.registry.db.command("explain", cmd)["queryPlanner"]["winningPlan"]
+        plan = core4.connection.db.command("explain", cmd)["queryPlanner"]["winningPlan"]
         stages = []
         while plan:
             stages.append(plan["stage"])
@@ -106,11 +108,11 @@ def plans(core4: Any) -> dict[str, str]:
 
 def drain_rate(bench: Bench, core4: Any, window: float) -> float:
     bench.worker(concurrency=2)
-    bench.wait_workers(core4.registry, 1)
-    wait_until(lambda: core4.registry.journal.count_documents({}) > 0, 120, "the first job to complete")
-    first, began = core4.registry.journal.count_documents({}), time.monotonic()
+    bench.wait_workers(core4.connection, 1)
+    wait_until(lambda: core4.connection.journal.count_documents({}) > 0, 120, "the first job to complete")
+    first, began = core4.connection.journal.count_documents({}), time.monotonic()
     time.sleep(window)  # a measurement window, not a wait for a condition
-    done = core4.registry.journal.count_documents({}) - first
+    done = core4.connection.journal.count_documents({}) - first
     rate = done / (time.monotonic() - began)
     bench.stop_workers()
     forget_workers(core4)
@@ -127,7 +129,7 @@ def main() -> int:
     with Bench("backlog") as bench:
         from bench.apps import core4
 
-        core4.registry.ensure_indexes()
+        core4.prepare()
         query_plans: dict[str, str] = {}
         for size in sizes:
             seconds = fill(core4, size)

@@ -14,7 +14,7 @@ from typing import Any
 
 from core4celery.clock import EPOCH
 from core4celery.devserver import TestServer
-from core4celery.dispatcher import MUTEX
+from core4celery.dispatch.dispatcher import MUTEX
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("CORE4CELERY_BENCH_RESULTS") or REPO / "bench" / "results")
@@ -79,8 +79,8 @@ class Bench:
 def forget_workers(core4: Any) -> None:
     """After SIGKILLing workers: drop their registrations and free the dispatch mutex they may hold
     (for up to dispatch_lease), so the next configuration starts from a clean slate."""
-    core4.registry.workers.delete_many({})
-    core4.registry.control.update_many({"_id": MUTEX}, {"$set": {"until": EPOCH, "owner": None}})
+    core4.connection.workers.delete_many({})
+    core4.connection.control.update_many({"_id": MUTEX}, {"$set": {"until": EPOCH, "owner": None}})
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
@@ -134,7 +134,7 @@ def plot(name: str, draw: Any, title: str) -> Path:
 def wait_drained(core4: Any, timeout: float = 30) -> None:
     """Every core4 job journaled: none lost, none stuck."""
     try:
-        wait_until(lambda: core4.registry.jobs.count_documents({}) == 0, timeout, "every job to be journaled", 0.05)
+        wait_until(lambda: core4.connection.jobs.count_documents({}) == 0, timeout, "every job to be journaled", 0.05)
     except BenchFailed:
-        left = core4.registry.jobs.count_documents({})
+        left = core4.connection.jobs.count_documents({})
         raise BenchFailed(f"{left} core4 jobs still live after the run") from None

@@ -35,9 +35,9 @@ def main() -> int:
     with Bench("latency") as bench:
         from bench.apps import core4, core4_trivial, plain_trivial
 
-        core4.registry.ensure_indexes()
+        core4.prepare()
         bench.worker(concurrency=2)
-        bench.wait_workers(core4.registry, 1)
+        bench.wait_workers(core4.connection, 1)
         samples: dict[str, tuple[list[float], list[float]]] = {}
         for label, task in (("plain", plain_trivial), ("core4", core4_trivial)):
             measure(task, 5, 0)  # warm up

@@ -40,10 +40,10 @@ def main() -> int:
     with Bench("max_parallel") as bench:
         from bench.apps import core4, limited, trace
 
-        core4.registry.ensure_indexes()
+        core4.prepare()
         for _ in range(opts.workers):
             bench.worker(concurrency=opts.concurrency)
-        bench.wait_workers(core4.registry, opts.workers)
+        bench.wait_workers(core4.connection, opts.workers)
         began = time.monotonic()
         for i in range(opts.jobs):
             limited.delay(i, opts.seconds)

@@ -23,7 +23,7 @@ from core4celery.clock import now
 
 def one_round(bench: Bench, core4: Any, index: int) -> float:
     job_id = core4.enqueue("bench.sleep", seconds=2.0, tag=f"round-{index}")
-    running = wait_until(lambda: (d := core4.registry.live(job_id)) and d["state"] == "running" and d, 60,
+    running = wait_until(lambda: (d := core4.store.live(job_id)) and d["state"] == "running" and d, 60,
                          "the job to start")
     victim_pid = int(running["locked"]["worker"].rsplit(":", 1)[1])
     victim = next(p for p in bench.workers if p.pid == victim_pid)
@@ -52,14 +52,14 @@ def main() -> int:
     with Bench("recovery", conf) as bench:
         from bench.apps import core4
 
-        core4.registry.ensure_indexes()
+        core4.prepare()
         bench.worker(concurrency=1, name="a")
         bench.worker(concurrency=1, name="b")
-        bench.wait_workers(core4.registry, 2)
+        bench.wait_workers(core4.connection, 2)
         times = []
         for index in range(opts.repeat):
             times.append(one_round(bench, core4, index))
-            bench.wait_workers(core4.registry, 2)
+            bench.wait_workers(core4.connection, 2)
             print(f"round {index + 1}: kill -9 -> running again elsewhere in {times[-1]:.2f} s")
         report = {"server": bench.server_label, "run_lease": opts.run_lease, "heartbeat_interval": opts.heartbeat,
                   "seconds": times, "median": statistics.median(times)}

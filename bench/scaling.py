@@ -37,7 +37,7 @@ def timed_mother(bench: Bench, core4: Any, workers: int, name: str, timeout: flo
     app = (name.rsplit(".", 1)[0] == "prime" and "examples.prime.prime") or "bench.apps"
     for i in range(workers):
         bench.worker(concurrency=1, name=f"n{i}", app=app)
-    bench.wait_workers(core4.registry, workers)
+    bench.wait_workers(core4.connection, workers)
     began = time.monotonic()
     job_id = core4.enqueue(name, **args)
     doc = wait_until(lambda: (d := core4.get(job_id))["state"] in ("complete", "error", "inactive", "killed") and d,
@@ -78,10 +78,10 @@ def main() -> int:
         from bench.apps import core4
         from examples.prime.prime import core4 as prime_core4
 
-        prime_core4.registry.ensure_indexes()
+        prime_core4.prepare()
         size = math.ceil(opts.end / opts.chunks)
         for workers in (int(w) for w in opts.prime_workers.split(",")):
-            prime_core4.registry.db["prime_chunks"].drop()
+            prime_core4.connection.db["prime_chunks"].drop()
             elapsed, found = timed_mother(bench, prime_core4, workers, "prime.PrimeJob", 3600,
                                           start=1, end=opts.end, size=size, run=workers)
             if found != expected:

@@ -36,9 +36,9 @@ def main() -> int:
     with Bench("throughput") as bench:
         from bench.apps import core4, core4_trivial, plain_trivial
 
-        core4.registry.ensure_indexes()
+        core4.prepare()
         bench.worker(concurrency=opts.concurrency)
-        bench.wait_workers(core4.registry, 1)
+        bench.wait_workers(core4.connection, 1)
         rates: dict[str, list[float]] = {"plain": [], "core4": []}
         one_run(plain_trivial, 20, 0)  # warm up connections and imports on both sides
         one_run(core4_trivial, 20, 0)

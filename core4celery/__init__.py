@@ -1,6 +1,7 @@
 """core4celery: core4's job semantics on Celery with a MongoDB registry."""
 
 from .backend import JobFailed
+from .config.settings import Settings
 from .core import Core4
 from .errors import (
     ConfigurationError,
@@ -10,16 +11,16 @@ from .errors import (
     JobExists,
     JobNotFound,
     OperationRefused,
+    RegistryUnavailable,
     UnknownTask,
 )
-from .settings import Settings
 from .signals import JobDeferred
-from .states import State
+from .store.states import State
 from .task import Core4Task
 
 __all__ = [
     "ConfigurationError", "Core4", "Core4Error", "Core4Task", "InvalidArguments", "InvalidOption",
-    "JobDeferred", "JobExists", "JobFailed", "JobNotFound", "OperationRefused", "Settings", "State",
+    "JobDeferred", "JobExists", "JobFailed", "JobNotFound", "OperationRefused", "RegistryUnavailable", "Settings", "State",
     "UnknownTask",
 ]
 __version__ = "0.1.0"

@@ -13,8 +13,8 @@ from celery import states as celery_states
 from celery.backends.base import BaseBackend
 
 from .errors import Core4Error, JobNotFound
-from .registry import Registry
-from .states import State
+from .store.jobs import JobStore
+from .store.states import State
 
 
 class JobFailed(Core4Error):
@@ -34,9 +34,9 @@ CELERY_STATE = {
 
 
 class RegistryBackend(BaseBackend):
-    def __init__(self, app: Any, registry: Registry, **kwargs: Any) -> None:
+    def __init__(self, app: Any, store: JobStore, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self.registry = registry
+        self._store = store
 
     def store_result(self, *args: Any, **kwargs: Any) -> None:
         """The worker side writes the registry itself; Celery's writes are not needed."""
@@ -46,7 +46,7 @@ class RegistryBackend(BaseBackend):
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         try:
-            doc = self.registry.find(task_id)
+            doc = self._store.find(task_id)
         except JobNotFound:
             doc = None
         if doc is None:

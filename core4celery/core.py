@@ -1,12 +1,15 @@
 """``Core4``: the handle that wires core4 semantics into one Celery app.
 
-It owns the settings, the registry and the dispatcher, adds the worker
-bootstep, and offers the control API (enqueue, get). Everything is created
-lazily so importing an app module does not connect to MongoDB.
+It builds every service once (connection, job store, worker directory,
+dispatcher, operations, result backend) and passes each the services it
+needs; nothing reaches through another object. Everything is created lazily
+so importing an app module does not connect to MongoDB.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from datetime import datetime, timezone
 from functools import cached_property
@@ -18,17 +21,23 @@ from celery.result import AsyncResult
 from .backend import RegistryBackend
 from .broker import prepare_broker
 from .clock import later, now
-from .control import Control
-from .dispatcher import BackgroundDispatch, Dispatcher
+from .config.numbers import check_seconds
+from .config.options import ENQUEUE_OPTIONS
+from .config.settings import Settings
+from .dispatch.background import BackgroundDispatch
+from .dispatch.control import Control
+from .dispatch.dispatcher import MUTEX, Dispatcher
+from .dispatch.mutex import Mutex
 from .errors import InvalidArguments, JobNotFound, UnknownTask
 from .events import JobEvents
-from .jobdoc import new_job
-from .jsonargs import check_json
 from .operations import Operations, Outcome
-from .options import ENQUEUE_OPTIONS
-from .registry import Doc, Registry
-from .settings import Settings
-from .states import State
+from .store.connection import Connection, Doc
+from .store.document import JobDoc, new_job
+from .store.jobs import JobStore
+from .store.nodes import Nodes
+from .store.outage import Outage
+from .store.queries import JobQueries
+from .store.values import MAX_BSON_SIZE, check_json
 
 APP_DEFAULTS = {
     "worker_prefetch_multiplier": 1,
@@ -41,11 +50,13 @@ APP_DEFAULTS = {
     # outcome is already in the registry, so there is no late result worth waiting for
     "worker_lost_wait": 1.0,
 }
+# headers, properties and the kwargs repr Celery adds around the body of a ticket
+TICKET_OVERHEAD = 16 * 1024
 
 
 class Core4:
     def __init__(self, app: Celery, settings: Settings | None = None) -> None:
-        from .worker import Core4WorkerStep
+        from .worker.step import Core4WorkerStep
 
         self.app = app
         if settings is not None:
@@ -57,40 +68,70 @@ class Core4:
         # tasks defined from here on are created (and validated) at decoration time
         app.finalize()
 
+    # -- services, built once ------------------------------------------------
     @cached_property
     def settings(self) -> Settings:
         return Settings.from_conf(self.app.conf)
 
     @cached_property
-    def registry(self) -> Registry:
-        registry = Registry(self.settings)
-        registry.ensure_indexes()
-        self.prepare_broker()
-        return registry
+    def connection(self) -> Connection:
+        return Connection(self.settings)
 
-    def prepare_broker(self) -> None:
-        conf = self.app.conf
-        prepare_broker(str(conf.broker_url or ""), dict(conf.broker_transport_options or {}))
-
-    @cached_property
-    def dispatcher(self) -> Dispatcher:
-        return Dispatcher(self.registry, self.app, self.events)
+    @property
+    def outage(self) -> Outage:
+        return self.connection.outage
 
     @cached_property
     def events(self) -> JobEvents:
         return JobEvents(self.app)
 
     @cached_property
-    def operations(self) -> Operations:
-        return Operations(self.registry, self.dispatcher.gates, self.dispatch, self.events)
+    def store(self) -> JobStore:
+        self.prepare()
+        return JobStore(self.connection, self.events)
+
+    @cached_property
+    def queries(self) -> JobQueries:
+        return JobQueries(self.connection)
+
+    @cached_property
+    def nodes(self) -> Nodes:
+        return Nodes(self.connection, self.settings.worker_timeout)
 
     @cached_property
     def control(self) -> Control:
-        return Control(self.registry)
+        return Control(self.connection)
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        mutex = Mutex(self.connection, MUTEX, lease=self.settings.dispatch_lease)
+        return Dispatcher(self.store, self.nodes, self.control, mutex, self.app, self.settings,
+                          default_queue=self.app.conf.task_default_queue)
+
+    @cached_property
+    def background(self) -> BackgroundDispatch:
+        return BackgroundDispatch(self.dispatcher.run)
+
+    @cached_property
+    def operations(self) -> Operations:
+        return Operations(self.store, self.dispatch)
 
     @cached_property
     def backend(self) -> RegistryBackend:
-        return RegistryBackend(self.app, self.registry)
+        return RegistryBackend(self.app, self.store)
+
+    def prepare(self) -> None:
+        """Indexes and the broker's collections; idempotent, done once per process on first use."""
+        if self.__dict__.get("_prepared"):
+            return
+        self.connection.ensure_indexes()
+        conf = self.app.conf
+        prepare_broker(str(conf.broker_url or ""), dict(conf.broker_transport_options or {}))
+        self.__dict__["_prepared"] = True
+
+    def ping(self) -> None:
+        self.connection.ping()
+        self.prepare()
 
     def attach_worker(self, worker_id: str) -> None:
         """Called in the worker's main process before the pool forks."""
@@ -141,19 +182,25 @@ class Core4:
             overrides["priority"] = priority
         job_options = task.core4_options.override(overrides)
         doc = new_job(task.name, arguments, job_options, query_at=self._first_due(countdown, eta),
-                      mid=mid, queue=queue)
-        self.registry.insert(doc)
-        self.dispatcher.nudge()
+                      mid=mid, queue=self._queue_of(task.name, queue))
+        check_ticket(doc)
+        self.store.enqueue(doc)
         self.dispatch()
         return str(doc["_id"])
+
+    def _queue_of(self, name: str, queue: Any) -> str:
+        """The queue the ticket goes to, fixed at enqueue (capacity is counted per queue)."""
+        if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+            raise InvalidArguments(f"queue must be a non-empty str, got {queue!r}")
+        route = self.app.amqp.router.route({"queue": queue} if queue else {}, name)
+        return str(route["queue"].name)
 
     @staticmethod
     def _first_due(countdown: float | None, eta: datetime | None) -> datetime:
         if countdown is not None and eta is not None:
             raise InvalidArguments("pass countdown or eta, not both")
         if countdown is not None:
-            if isinstance(countdown, bool) or not isinstance(countdown, (int, float)) or countdown < 0:
-                raise InvalidArguments(f"countdown must be a number >= 0, got {countdown!r}")
+            check_seconds("countdown", countdown, InvalidArguments, zero=True)
             return later(countdown)
         if eta is not None:
             if not isinstance(eta, datetime):
@@ -161,10 +208,6 @@ class Core4:
             # naive datetimes are taken as UTC, like everything in the registry
             return eta.astimezone(timezone.utc).replace(tzinfo=None) if eta.tzinfo else eta
         return now()
-
-    @cached_property
-    def background(self) -> BackgroundDispatch:
-        return BackgroundDispatch(self.dispatcher)
 
     def dispatch(self) -> int:
         """Issue tickets for due jobs now instead of waiting for a worker's timer.
@@ -203,22 +246,34 @@ class Core4:
 
     def workers(self) -> list[Doc]:
         """Workers whose heartbeat is recent, each with the ids of the jobs it runs."""
-        alive = list(self.registry.alive_workers().sort("_id", 1))
+        alive = self.nodes.alive()
         for worker in alive:
-            worker["running"] = [
-                str(doc["_id"]) for doc in self.registry.jobs.find(
-                    {"locked.worker": worker["_id"], "state": State.RUNNING.value}, {"_id": 1}
-                )
-            ]
+            worker["running"] = [str(doc["_id"]) for doc in self.store.running_on(worker["_id"])]
         return alive
 
     # -- read --------------------------------------------------------------
-    def get(self, job_id: str) -> Doc:
-        doc = self.registry.find(job_id)
+    def get(self, job_id: str) -> JobDoc:
+        doc = self.store.find(job_id)
         if doc is None:
             raise JobNotFound(f"no job with id {job_id}")
-        doc["_id"] = str(doc["_id"])
+        doc["_id"] = str(doc["_id"])  # type: ignore[typeddict-item]
         return doc
 
     def AsyncResult(self, job_id: str) -> AsyncResult:
         return AsyncResult(job_id, backend=self.backend, app=self.app)
+
+
+def check_ticket(doc: JobDoc) -> None:
+    """A ticket the broker could not store would be retried for ever: refuse the job instead.
+
+    kombu's MongoDB transport stores the message as JSON with a base64 body,
+    so the arguments grow by a third on the way.
+    """
+    body = json.dumps([[], doc["args"], {}]).encode()
+    size = len(base64.b64encode(body)) + TICKET_OVERHEAD
+    if size > MAX_BSON_SIZE:
+        raise InvalidArguments(
+            f"arguments of {doc['name']}: the ticket would be {size:,} bytes, over the broker's "
+            f"{MAX_BSON_SIZE:,}-byte document limit (kombu base64-encodes the body)"
+        )
+

@@ -4,6 +4,7 @@ Every error derives from :class:`Core4Error`, so callers can catch one root::
 
     Core4Error
      ├── ConfigurationError   settings or the registry connection are unusable
+     ├── RegistryUnavailable  the server stayed unreachable for longer than outage_timeout
      ├── InvalidOption        a task option is invalid (raised when the task is defined)
      ├── InvalidArguments     job arguments are not JSON-safe or do not fit the task
      ├── UnknownTask          no core4 task is registered under that name
@@ -23,6 +24,10 @@ class Core4Error(Exception):
 
 class ConfigurationError(Core4Error):
     """Settings are missing or invalid, or MongoDB cannot be reached."""
+
+
+class RegistryUnavailable(Core4Error):
+    """MongoDB could not be reached within ``outage_timeout``; nothing was decided."""
 
 
 class InvalidOption(Core4Error, ValueError):

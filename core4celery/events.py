@@ -11,9 +11,10 @@ effort: monitoring must never break a job.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
+
+from .process import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,7 @@ class JobEvents:
         self.app = app
         self.hostname: str | None = None
         self._enabled: bool | None = None
-        self._dispatcher: Any = None
-        self._pid = 0
+        self._dispatcher: PerProcess[Any] = PerProcess(self._connect)
         self._lock = threading.Lock()
 
     def enable(self, hostname: str) -> None:
@@ -43,13 +43,10 @@ class JobEvents:
             return
         try:
             with self._lock:
-                self._get().send(f"task-{kind}", uuid=str(job_id), **fields)
+                self._dispatcher.get().send(f"task-{kind}", uuid=str(job_id), **fields)
         except Exception as exc:  # the broker may be briefly unreachable; the registry has the truth
             log.warning("could not send task-%s event for job %s: %r", kind, job_id, exc)
 
-    def _get(self) -> Any:
-        if self._dispatcher is None or self._pid != os.getpid():
-            connection = self.app.connection_for_write()
-            self._dispatcher = self.app.events.Dispatcher(connection, hostname=self.hostname, enabled=True)
-            self._pid = os.getpid()
-        return self._dispatcher
+    def _connect(self) -> Any:
+        connection = self.app.connection_for_write()
+        return self.app.events.Dispatcher(connection, hostname=self.hostname, enabled=True)

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from celery import Task
 from celery.result import AsyncResult
 
-from .errors import InvalidArguments
-from .options import JobOptions, check_author
-from .run import JobRun
+from .config.options import JobOptions, check_author
+from .errors import ConfigurationError, InvalidArguments
 from .signals import JobDeferred
+from .worker.run import JobRun
 
 if TYPE_CHECKING:
     from .core import Core4
-    from .registry import Doc
+    from .store.document import JobDoc
 
 # Celery calling options that have a core4 meaning; anything else is refused
 CALL_OPTIONS = ("priority", "countdown", "eta", "queue")
@@ -68,7 +68,12 @@ class Core4Task(Task):  # type: ignore[misc]
     # -- Celery plumbing -------------------------------------------------
     @property
     def core4(self) -> Core4:
-        return self.app.core4celery  # type: ignore[no-any-return]
+        core4 = getattr(self.app, "core4celery", None)
+        if core4 is None:
+            raise ConfigurationError(
+                f"task {self.name}: its app has no core4celery handle; call Core4(app) before defining tasks"
+            )
+        return core4  # type: ignore[no-any-return]
 
     @property  # type: ignore[override]
     def backend(self) -> Any:
@@ -82,7 +87,10 @@ class Core4Task(Task):  # type: ignore[misc]
         request = self.request
         if request.called_directly or not request.id:
             return super().__call__(*args, **kwargs)  # a plain local call
-        run = JobRun(self.core4, request.id, request.hostname or "")
+        core4 = self.core4
+        hostname = request.hostname or ""
+        run = JobRun(core4.store, core4.events, request.id, core4.worker_id(hostname), hostname,
+                     core4.settings.run_lease, after_end=core4.dispatch)
         request.core4_run = run
         return run.execute(self.body)
 
@@ -155,7 +163,7 @@ class Core4Task(Task):  # type: ignore[misc]
             raise InvalidArguments("enqueue() of a child needs a running job; use Core4.enqueue()")
         return self.core4.enqueue(task, _mid=self.job_id, **kwargs)
 
-    def children(self) -> list[Doc]:
+    def children(self) -> list[JobDoc]:
         """Live (not yet journaled) child jobs of this job."""
         job_id = self.job_id
-        return list(self.core4.registry.children(job_id)) if job_id else []
+        return list(self.core4.store.children(job_id)) if job_id else []

@@ -58,7 +58,7 @@ def handle(ctx: click.Context) -> Core4:
             raise click.ClickException("the Celery app has no Core4(app) handle")
         core4 = attached
     with reported():
-        core4.registry.ping()  # also creates the indexes on first use
+        core4.ping()  # also creates the indexes on first use
     return core4
 
 

@@ -9,8 +9,8 @@ import click
 from bson import ObjectId
 
 from ..core import Core4
-from ..registry import Doc
-from ..states import State
+from ..store.document import JobDoc
+from ..store.states import State
 from . import handle, main, reported
 from .table import HEADER, age, row
 
@@ -21,7 +21,7 @@ def resolve(core4: Core4, target: str) -> list[str]:
     """An id, or a name meaning every live job of that name (core4's ``ID|QUAL_NAME``)."""
     if ObjectId.is_valid(target):
         return [target]
-    ids = [str(doc["_id"]) for doc in core4.registry.jobs.find({"name": target}, {"_id": 1}).sort("_id", 1)]
+    ids = core4.queries.live_ids(target)
     if not ids:
         raise click.ClickException(f"{target!r} is neither a job id nor the name of a live job")
     return ids
@@ -39,8 +39,7 @@ def paused_note(core4: Core4) -> None:
 def list_jobs(ctx: click.Context, states: tuple[str, ...]) -> None:
     """Live jobs, oldest first. Flags: Z zombie, W wall time, R removing, K killing."""
     core4 = handle(ctx)
-    query = {"state": {"$in": list(states)}} if states else {}
-    docs = list(core4.registry.jobs.find(query).sort("_id", 1))
+    docs = core4.queries.live(states=list(states))
     paused_note(core4)
     if not docs:
         click.echo("no jobs.")
@@ -55,10 +54,7 @@ def list_jobs(ctx: click.Context, states: tuple[str, ...]) -> None:
 def info(ctx: click.Context) -> None:
     """Counts of live jobs by name and state (what Flower's broker tab cannot show for MongoDB)."""
     core4 = handle(ctx)
-    rows = core4.registry.jobs.aggregate(
-        [{"$group": {"_id": {"name": "$name", "state": "$state"}, "n": {"$sum": 1}}}]
-    )
-    counts = sorted((r["_id"]["state"], r["_id"]["name"], r["n"]) for r in rows)
+    counts = core4.queries.counts()
     paused_note(core4)
     if not counts:
         click.echo("no jobs.")
@@ -68,14 +64,13 @@ def info(ctx: click.Context) -> None:
         click.echo(f"{n:6d} {state:8} {name}")
 
 
-def documents(core4: Core4, target: str) -> list[Doc]:
+def documents(core4: Core4, target: str) -> list[JobDoc]:
     if ObjectId.is_valid(target):
         with reported():
             return [core4.get(target)]
-    docs = list(core4.registry.jobs.find({"name": target}).sort("_id", 1))
+    docs = core4.queries.live(name=target)
     if not docs:
-        journal = core4.registry.journal.find({"name": target}).sort("_id", -1).limit(JOURNAL_DETAIL_LIMIT)
-        docs = [{**doc, "journaled": True} for doc in journal]
+        docs = core4.queries.journaled(target, JOURNAL_DETAIL_LIMIT)
     if not docs:
         raise click.ClickException(f"{target!r} is neither a job id nor the name of a job")
     return docs

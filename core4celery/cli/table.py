@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from ..clock import now
-from ..states import State
+from ..store.states import State
 
 FLAGS = (("zombie_at", "Z"), ("wall_at", "W"), ("removed_at", "R"), ("killed_at", "K"))
 HEADER = (

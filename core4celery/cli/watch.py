@@ -16,8 +16,8 @@ import click
 
 from ..clock import now
 from ..core import Core4
-from ..registry import Doc
-from ..states import FINAL, State
+from ..store.document import JobDoc
+from ..store.states import FINAL, State
 from . import handle, main, reported
 
 BAR_WIDTH = 20
@@ -38,7 +38,7 @@ def bar(value: float | None) -> str:
     return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {shown}"
 
 
-def line(doc: Doc, value: float | None, note: str = "", indent: str = "") -> str:
+def line(doc: JobDoc, value: float | None, note: str = "", indent: str = "") -> str:
     message = note or (doc.get("prog") or {}).get("message") or ""
     return f"{indent}{doc['_id']!s} {doc['state']:8} {bar(value)} {doc['name']} {message}".rstrip()
 
@@ -47,8 +47,8 @@ def job_view(core4: Core4, job_id: str) -> View:
     """One job; a mother's bar is the share of her children that completed."""
     with reported():
         doc = core4.get(job_id)
-    children = list(core4.registry.children(job_id))
-    finished = core4.registry.journal.count_documents({"mid": job_id})
+    children = core4.queries.children(job_id)
+    finished = core4.queries.journaled_children(job_id)
     total = finished + len(children)
     view = View()
     if total:
@@ -71,7 +71,7 @@ def job_view(core4: Core4, job_id: str) -> View:
 def queue_view(core4: Core4) -> View:
     """Every live job that still waits or runs."""
     view = View()
-    for doc in core4.registry.jobs.find({"state": {"$in": ACTIVE}}).sort("_id", 1):
+    for doc in core4.queries.live(states=ACTIVE):
         view.lines[str(doc["_id"])] = line(doc, (doc.get("prog") or {}).get("value"))
     view.done = not view.lines
     return view

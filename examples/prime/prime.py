@@ -73,7 +73,7 @@ class PrimeJob(Core4Task):
 
 
 def chunks(task: Core4Task) -> Collection[dict[str, Any]]:
-    return task.core4.registry.db["prime_chunks"]
+    return task.core4.connection.db["prime_chunks"]
 
 
 app.register_task(PrimeJob())

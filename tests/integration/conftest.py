@@ -29,7 +29,7 @@ class Cluster:
         return proc
 
     def wait_registered(self, proc: WorkerProcess, timeout: float = 60) -> None:
-        workers = self.core4.registry.workers
+        workers = self.core4.connection.workers
         wait_for(lambda: workers.find_one({"pid": proc.pid}), timeout, what=f"worker {proc.name} to register")
 
     def wait_state(self, job_id: str, *states: str, timeout: float = 60) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from tests.integration.conftest import Cluster
 
 
 def assert_nothing_written(cluster: Cluster) -> None:
-    assert cluster.core4.registry.jobs.count_documents({}) == 0
-    assert cluster.core4.registry.db["messages"].count_documents({}) == 0
+    assert cluster.core4.connection.jobs.count_documents({}) == 0
+    assert cluster.core4.connection.db["messages"].count_documents({}) == 0
 
 
 @pytest.mark.parametrize(
@@ -40,9 +40,9 @@ def test_plain_celery_tasks_are_untouched(cluster: Cluster) -> None:
     plain = cluster.app.tasks["t.plain_add"]
     result = plain.delay(2, 3)
     assert result.get(timeout=60) == 5
-    assert cluster.core4.registry.jobs.count_documents({}) == 0
-    assert cluster.core4.registry.journal.count_documents({}) == 0
-    assert cluster.core4.registry.db["celery_taskmeta"].count_documents({"_id": result.id}) == 1
+    assert cluster.core4.connection.jobs.count_documents({}) == 0
+    assert cluster.core4.connection.journal.count_documents({}) == 0
+    assert cluster.core4.connection.db["celery_taskmeta"].count_documents({"_id": result.id}) == 1
     core4_result = cluster.app.tasks["t.square"].delay(4)
     assert core4_result.get(timeout=60) == 16
-    assert cluster.core4.registry.db["celery_taskmeta"].count_documents({"_id": core4_result.id}) == 0
+    assert cluster.core4.connection.db["celery_taskmeta"].count_documents({"_id": core4_result.id}) == 0

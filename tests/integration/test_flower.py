@@ -69,7 +69,7 @@ def test_jobs_show_in_flower_with_their_states(cluster: Cluster) -> None:
         for job_id, state in ((mother, "complete"), (failing, "error"), (victim, "killed"), (deferred, "deferred"),
                               (retrying, "failed"), (inactive, "inactive")):
             cluster.wait_state(job_id, state, timeout=60)
-        children = [str(d["_id"]) for d in core4.registry.journal.find({"mid": mother})]
+        children = [str(d["_id"]) for d in core4.connection.journal.find({"mid": mother})]
         expected = {mother: "SUCCESS", failing: "FAILURE", victim: "KILLED", deferred: "RETRY", retrying: "RETRY",
                     inactive: "INACTIVE",                    **dict.fromkeys(children, "SUCCESS")}
 

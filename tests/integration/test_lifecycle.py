@@ -47,7 +47,7 @@ def test_deferred_state_is_visible_and_waits_in_registry(cluster: Cluster) -> No
     assert doc["query_at"] is not None and doc["locked"] is None
     assert "not yet" in doc["last_error"]["exception"]
     assert (doc["query_at"] - doc["finished_at"]).total_seconds() == pytest.approx(30, abs=1)
-    assert cluster.core4.registry.jobs.count_documents({"dispatched_until": {"$exists": True}}) == 0
+    assert cluster.core4.connection.jobs.count_documents({"dispatched_until": {"$exists": True}}) == 0
 
 
 def test_defer_max_makes_job_inactive(cluster: Cluster) -> None:
@@ -88,7 +88,7 @@ def test_mother_and_children(cluster: Cluster) -> None:
     cluster.worker(concurrency=3)
     mother_id = cluster.core4.enqueue("t.mother", chunks=6)
     assert cluster.core4.AsyncResult(mother_id).get(timeout=120) == 6
-    children = list(cluster.core4.registry.journal.find({"mid": mother_id}))
+    children = list(cluster.core4.connection.journal.find({"mid": mother_id}))
     assert len(children) == 6 and all(c["state"] == "complete" for c in children)
     assert sum(c["result"] for c in children) == sum(range(60))
     mother = cluster.core4.get(mother_id)

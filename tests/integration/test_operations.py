@@ -7,19 +7,19 @@ import time
 import pytest
 
 from core4celery import JobNotFound, OperationRefused
-from core4celery.node import pid_alive
 from core4celery.operations import Outcome
+from core4celery.worker.node import pid_alive
 from tests.integration.conftest import Cluster
 from tests.workers import wait_for
 
 
 def slot_free(cluster: Cluster, name: str) -> None:
-    wait_for(lambda: cluster.core4.dispatcher.gates.holders(name) == [], 10, what=f"slot of {name} to be freed")
+    wait_for(lambda: cluster.core4.store.holders(name) == [], 10, what=f"slot of {name} to be freed")
 
 
 def idle_passes(cluster: Cluster, beats: int = 3) -> None:
     """Wait until the worker's ticker went round several times (each round also dispatches)."""
-    workers = cluster.core4.registry.workers
+    workers = cluster.core4.connection.workers
     seen: list[object] = []
 
     def advanced() -> bool:
@@ -106,7 +106,7 @@ def test_restart_stopped_makes_a_linked_new_job(cluster: Cluster) -> None:
     assert str(new["enqueued"]["parent_id"]) == error and "child_id" not in new["enqueued"]
     assert new["attempts_left"] == 0 and new["attempts"] == 1
     again = core4.restart(inactive)
-    assert again != inactive and core4.get(again)["inactive_at"] != core4.get(inactive)["inactive_at"]
+    assert again != inactive and core4.get(again).get("inactive_at") != core4.get(inactive)["inactive_at"]
     with pytest.raises(OperationRefused, match="restarted as"):
         core4.restart(error)
 
@@ -123,8 +123,8 @@ def test_restart_refused_for_pending_running_complete(cluster: Cluster) -> None:
     core4.AsyncResult(pending).get(timeout=30)
     with pytest.raises(OperationRefused, match="it is complete"):
         core4.restart(pending)
+    core4.pause()  # before the enqueue: an idle worker would start the job at once
     killed = core4.enqueue("t.square", n=6)
-    core4.pause()
     core4.kill(killed)
     restarted = core4.restart(killed)
     assert core4.get(restarted)["state"] == "pending"
@@ -175,7 +175,7 @@ def test_hard_remove_of_running_job(cluster: Cluster) -> None:
     cluster.wait_state(job_id, "running")
     assert core4.remove(job_id, hard=True) is Outcome.REMOVED
     doc = core4.get(job_id)
-    assert doc["journaled"] and doc["state"] == "running" and core4.registry.live(job_id) is None
+    assert doc["journaled"] and doc["state"] == "running" and core4.store.live(job_id) is None
     # the process ran on; its result is dropped and the slot is free for others
     wait_for(lambda: "result dropped" in cluster.workers[0].output(), 30, what="the orphaned run to end")
     assert core4.AsyncResult(core4.enqueue("t.square", n=8)).get(timeout=30) == 64

@@ -29,7 +29,7 @@ def test_max_parallel_is_cluster_wide(cluster: Cluster) -> None:
     assert max_overlap(events) == 2  # never above the limit, and the limit is reached
     assert {e["job"] for e in events} == set(ids)
     # the slot is freed right after the final transition
-    wait_for(lambda: cluster.core4.dispatcher.gates.holders("t.sleepy") == [], 10, what="slot release")
+    wait_for(lambda: cluster.core4.store.holders("t.sleepy") == [], 10, what="slot release")
 
 
 def test_both_workers_take_work(cluster: Cluster) -> None:
@@ -66,10 +66,10 @@ def test_duplicate_enqueue_raises_job_exists(cluster: Cluster) -> None:
         assert exc.job_id == first
     else:
         raise AssertionError("second enqueue was accepted")
-    assert cluster.core4.registry.jobs.count_documents({}) == 1
+    assert cluster.core4.connection.jobs.count_documents({}) == 1
     # another argument value is another job
     cluster.core4.enqueue("t.record", tag="other")
-    assert cluster.core4.registry.jobs.count_documents({}) == 2
+    assert cluster.core4.connection.jobs.count_documents({}) == 2
 
 
 def test_same_arguments_allowed_again_after_completion(cluster: Cluster) -> None:
@@ -89,7 +89,7 @@ def test_lost_ticket_is_reissued(cluster: Cluster) -> None:
     first = cluster.worker("a", concurrency=1)
     os.killpg(first.pid, signal.SIGSTOP)  # frozen: still counted alive for worker_timeout
     job_id = cluster.core4.enqueue("t.record", tag="lost")
-    ticket = cluster.core4.registry.db["messages"]
+    ticket = cluster.core4.connection.db["messages"]
     # the frozen worker may hold the dispatch mutex: this process dispatches once its lease ends
     wait_for(lambda: cluster.core4.dispatch() or ticket.count_documents({}) >= 1, 20, what="ticket in the broker")
     ticket.delete_many({})  # what a worker does when it fetches a message
@@ -105,6 +105,6 @@ def test_lost_ticket_is_reissued(cluster: Cluster) -> None:
 def test_jobs_wait_without_workers_and_run_when_one_starts(cluster: Cluster) -> None:
     job_id = cluster.core4.enqueue("t.square", n=5)
     assert cluster.core4.get(job_id)["state"] == "pending"
-    assert cluster.core4.registry.db["messages"].count_documents({}) == 0
+    assert cluster.core4.connection.db["messages"].count_documents({}) == 0
     cluster.worker()
     assert cluster.core4.AsyncResult(job_id).get(timeout=60) == 25

@@ -6,9 +6,9 @@ import pytest
 from celery import Celery
 
 from core4celery import Core4, Core4Task, InvalidArguments, InvalidOption
-from core4celery.jsonargs import args_hash, check_json
-from core4celery.options import JobOptions
-from core4celery.settings import Settings, mask_url
+from core4celery.config.options import JobOptions
+from core4celery.config.settings import Settings, mask_url
+from core4celery.store.values import args_hash, check_json
 
 URL = "mongodb://127.0.0.1:1/unit?retryWrites=false&serverSelectionTimeoutMS=200"
 

@@ -9,24 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .errors import InvalidOption
+from ..errors import InvalidOption
+from .numbers import check_number, check_seconds
 
 ENQUEUE_OPTIONS = (
     "attempts", "priority", "max_parallel", "defer_time", "defer_max", "error_time",
     "zombie_time", "wall_time", "progress_interval", "force",
 )
-
-
-def _positive(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise InvalidOption(f"{name} must be a number > 0, got {value!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidOption(f"{name} must be an int > 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -45,13 +34,13 @@ class JobOptions:
     force: bool = False
 
     def __post_init__(self) -> None:
-        _positive_int("attempts", self.attempts)
-        _positive_int("max_parallel", self.max_parallel)
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
-            raise InvalidOption(f"priority must be an int, got {self.priority!r}")
+        check_number("attempts", self.attempts, InvalidOption, integer=True, above=0)
+        check_number("max_parallel", self.max_parallel, InvalidOption, integer=True, above=0)
+        check_number("priority", self.priority, InvalidOption, integer=True)
         for name in ("defer_time", "defer_max", "error_time", "zombie_time", "progress_interval"):
-            _positive(name, getattr(self, name))
-        _positive("wall_time", self.wall_time, allow_none=True)
+            check_seconds(name, getattr(self, name), InvalidOption)
+        if self.wall_time is not None:
+            check_seconds("wall_time", self.wall_time, InvalidOption)
         if not isinstance(self.force, bool):
             raise InvalidOption(f"force must be True or False, got {self.force!r}")
 

@@ -11,31 +11,31 @@ from datetime import datetime
 
 from pymongo.errors import DuplicateKeyError
 
-from .clock import now
-from .registry import Registry
+from ..clock import now
+from ..store.connection import Connection
 
 HALT = "halt"
 PAUSE = "pause"
 
 
 class Control:
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
 
     def halt(self) -> datetime:
         """Workers started before this moment finish their running jobs and exit."""
         stamp = now()
-        self.registry.control.update_one({"_id": HALT}, {"$set": {"at": stamp}}, upsert=True)
+        self._connection.control.update_one({"_id": HALT}, {"$set": {"at": stamp}}, upsert=True)
         return stamp
 
     def halt_requested(self, started_at: datetime) -> bool:
-        doc = self.registry.control.find_one({"_id": HALT})
+        doc = self._connection.control.find_one({"_id": HALT})
         return bool(doc and doc["at"] >= started_at)
 
     def pause(self) -> bool:
         """Stop issuing tickets; False when dispatching was paused already."""
         try:
-            result = self.registry.control.update_one(
+            result = self._connection.control.update_one(
                 {"_id": PAUSE}, {"$setOnInsert": {"at": now()}}, upsert=True
             )
         except DuplicateKeyError:  # a concurrent pause created it
@@ -44,8 +44,8 @@ class Control:
 
     def resume(self) -> bool:
         """False when dispatching was not paused."""
-        return self.registry.control.delete_one({"_id": PAUSE}).deleted_count == 1
+        return self._connection.control.delete_one({"_id": PAUSE}).deleted_count == 1
 
     def paused(self) -> datetime | None:
-        doc = self.registry.control.find_one({"_id": PAUSE})
+        doc = self._connection.control.find_one({"_id": PAUSE})
         return doc["at"] if doc else None

@@ -16,24 +16,26 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
+from pymongo.errors import ConnectionFailure
 
-from .control import Control
-from .maintenance import Maintenance
+from ..clock import now
+from ..errors import RegistryUnavailable
+from .housekeeping import Housekeeping
 from .node import Node
 
 if TYPE_CHECKING:
-    from .core import Core4
+    from ..core import Core4
 
 log = logging.getLogger(__name__)
 
 
 class Ticker(threading.Thread):
-    def __init__(self, core4: Core4, node: Node) -> None:
+    def __init__(self, core4: Core4, node: Node, identity: dict[str, Any]) -> None:
         super().__init__(name="core4celery-ticker", daemon=True)
         self.core4 = core4
         self.node = node
-        self.maintenance = Maintenance(core4.registry, core4.dispatcher.gates)
-        self.control = Control(core4.registry)
+        self.identity = identity  # worker_id, hostname, concurrency, queues (a callable), started_at
+        self.housekeeping = Housekeeping(core4.store, core4.outage, core4.settings.run_lease)
         self.stopping = threading.Event()
         self.draining = threading.Event()
 
@@ -42,25 +44,30 @@ class Ticker(threading.Thread):
         next_beat = 0.0
         while not self.stopping.is_set():
             try:
-                if time.monotonic() >= next_beat:
+                beat = time.monotonic() >= next_beat
+                if beat:
                     next_beat = time.monotonic() + settings.heartbeat_interval
-                    self.housekeeping()
+                    self.beat()
                 if not self.draining.is_set():
-                    self.core4.dispatcher.run(before=self.maintenance.repair_gates)
+                    self.core4.dispatcher.run(before=self.core4.store.repair_gates if beat else None)
+            except (ConnectionFailure, RegistryUnavailable) as exc:
+                self.core4.outage.note()
+                log.warning("core4celery housekeeping: MongoDB unreachable (%s); retrying", type(exc).__name__)
             except Exception:
                 log.exception("core4celery housekeeping failed; retrying")
             self.stopping.wait(settings.dispatch_interval)
 
-    def housekeeping(self) -> None:
-        self.node.beat(draining=self.draining.is_set())
-        self.node.tend(self.maintenance)
-        self.maintenance.requeue_lost_tickets()
-        self.maintenance.recover_expired_runs()
-        self.maintenance.sweep_removed()
-        if not self.draining.is_set() and self.control.halt_requested(self.node.started_at):
+    def beat(self) -> None:
+        ident = self.identity
+        draining = self.draining.is_set()
+        self.core4.nodes.beat(ident["worker_id"], ident["hostname"], ident["concurrency"], ident["queues"](),
+                              ident["started_at"], draining)
+        self.node.tend()
+        self.housekeeping.round()
+        if not draining and self.core4.control.halt_requested(ident["started_at"]):
             log.warning("core4celery halt requested: finishing running jobs, then exiting")
             self.draining.set()
-            self.node.beat(draining=True)
+            self.beat()
             os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown waits for running jobs
 
 
@@ -76,13 +83,19 @@ class Core4WorkerStep(bootsteps.StartStopStep):
         self.core4.attach_worker(self.worker_id)  # pool children inherit it when forked
         if worker.task_events:
             self.core4.events.enable(worker.hostname)
-        self.core4.registry  # noqa: B018 - indexes and broker collections before the consumer connects
+        self.core4.prepare()  # indexes and broker collections before the consumer connects
         self.ticker: Ticker | None = None
 
     def start(self, worker: Any) -> None:
-        node = Node(self.core4, self.worker_id, worker.hostname, int(worker.concurrency or 1))
-        node.beat()
-        self.ticker = Ticker(self.core4, node)
+        app = worker.app
+        identity = {
+            "worker_id": self.worker_id, "hostname": worker.hostname, "concurrency": int(worker.concurrency or 1),
+            "queues": lambda: list(app.amqp.queues.consume_from), "started_at": now(),
+        }
+        node = Node(self.core4.store, self.worker_id, self.core4.settings.run_lease,
+                    request_dispatch=self.core4.dispatch)
+        self.ticker = Ticker(self.core4, node, identity)
+        self.ticker.beat()
         self.ticker.start()
         signals.worker_shutdown.connect(self._on_shutdown, weak=False)
         log.info("core4celery worker %s registered at %s", self.worker_id, self.core4.settings.masked_url)
@@ -98,5 +111,5 @@ class Core4WorkerStep(bootsteps.StartStopStep):
             return
         ticker.stopping.set()
         ticker.join(timeout=5)
-        ticker.node.leave()
+        self.core4.nodes.leave(self.worker_id)
         self.ticker = None

@@ -14,7 +14,8 @@ from typing import Any
 
 from pymongo.uri_parser import parse_uri
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from .numbers import check_number, check_seconds
 
 ENV_URL = "CORE4CELERY_MONGODB_URL"
 CONF_PREFIX = "core4celery_"
@@ -41,16 +42,21 @@ class Settings:
     dispatch_lease: float = 5.0
     dispatch_scan: int = 200
     candidate_ttl: float = 1.0
+    outage_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.mongodb_url.startswith(("mongodb://", "mongodb+srv://")):
             raise ConfigurationError(
                 f"core4celery needs a mongodb:// URL, got {mask_url(self.mongodb_url)!r}"
             )
+        for name in ("database", "collection_prefix"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigurationError(f"setting {name} must be a non-empty str, got {getattr(self, name)!r}")
         for field in fields(self):
-            value = getattr(self, field.name)
-            if field.type == "float" and not (isinstance(value, (int, float)) and value > 0):
-                raise ConfigurationError(f"setting {field.name} must be a number > 0, got {value!r}")
+            if field.type == "float":
+                check_seconds(f"setting {field.name}", getattr(self, field.name), ConfigurationError)
+        check_number("setting dispatch_scan", self.dispatch_scan, ConfigurationError, integer=True, minimum=1,
+                     maximum=100_000)
         if self.heartbeat_interval * 2 > self.worker_timeout:
             raise ConfigurationError("worker_timeout must be at least twice heartbeat_interval")
         if self.heartbeat_interval * 2 > self.run_lease:

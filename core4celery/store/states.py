@@ -2,7 +2,8 @@
 
 Each transition is applied as one guarded ``update_one`` whose filter names
 the states it may start from, so two processes racing for the same job can
-never both win (see :meth:`core4celery.registry.Registry.transition`).
+never both win (see :class:`core4celery.store.jobs.JobStore`, the only code
+that applies them).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ DISPATCH = Transition("dispatch", WAITING, None)
 # requeue: a ticket was issued but never started within the lease (lost ticket)
 REQUEUE = Transition("requeue", WAITING, None)
 START = Transition("start", WAITING, State.RUNNING)
+# complete: the final copy goes to the journal, then the live document is deleted (no live "complete")
 COMPLETE = Transition("complete", (State.RUNNING,), State.COMPLETE)
 DEFER = Transition("defer", (State.RUNNING,), State.DEFERRED)
 FAIL = Transition("fail", (State.RUNNING,), State.FAILED)
@@ -52,6 +54,8 @@ ERROR = Transition("error", (State.RUNNING,), State.ERROR)
 INACTIVATE = Transition("inactivate", (State.DEFERRED,), State.INACTIVE)
 # recover: the worker running the job died; the job goes back to the queue
 RECOVER = Transition("recover", (State.RUNNING,), State.PENDING)
+# flag: zombie/wall marks on a running job (the state stays)
+FLAG = Transition("flag", (State.RUNNING,), None)
 # kill: waiting jobs stop at once; a running job is flagged and its owning worker ends the process
 KILL_WAITING = Transition("kill_waiting", WAITING, State.KILLED)
 REQUEST_KILL = Transition("request_kill", (State.RUNNING,), None)
@@ -65,7 +69,7 @@ REQUEST_REMOVE = Transition("request_remove", tuple(s for s in State if s is not
 TRANSITIONS = {
     t.name: t
     for t in (
-        DISPATCH, REQUEUE, START, COMPLETE, DEFER, FAIL, ERROR, INACTIVATE, RECOVER,
+        DISPATCH, REQUEUE, START, COMPLETE, DEFER, FAIL, ERROR, INACTIVATE, RECOVER, FLAG,
         KILL_WAITING, REQUEST_KILL, KILL_RUNNING, RESTART_WAITING, CLAIM_RESTART, REQUEST_REMOVE,
     )
 }

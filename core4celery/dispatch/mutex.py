@@ -9,26 +9,26 @@ runs once more, so no wake-up is lost and nobody blocks.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from typing import Any
 
 from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from .clock import EPOCH, later, now
-from .registry import Doc
+from ..clock import EPOCH, later, now
+from ..store.connection import Connection
 
 
 class Mutex:
-    def __init__(self, collection: Callable[[], Collection[Doc]], name: str, lease: float) -> None:
-        self._collection = collection  # looked up per call: pool children must use their own client
+    def __init__(self, connection: Connection, name: str, lease: float) -> None:
+        self._connection = connection
         self._name = name
         self._lease = lease
         self._created = False
 
     @property
-    def _control(self) -> Collection[Doc]:
-        return self._collection()
+    def _control(self) -> Collection[dict[str, Any]]:
+        return self._connection.control
 
     def _ensure(self) -> None:
         if self._created:

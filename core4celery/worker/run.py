@@ -1,0 +1,147 @@
+"""One execution (trial) of a job inside a worker process.
+
+The run decides which ending its job gets; the job store writes it. Every
+ending is guarded by the run token written at start, so a run that lost its
+lease (its job was recovered and started elsewhere) never overwrites the newer
+run's outcome. A result the server could not store ends the run as the job's
+failure, named, before any write is attempted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from bson import ObjectId
+from celery.exceptions import Ignore, Retry
+from celery.utils.log import get_task_logger
+
+from ..clock import later, now
+from ..errors import InvalidArguments, RegistryUnavailable
+from ..events import JobEvents
+from ..signals import JobDeferred
+from ..store.connection import as_object_id
+from ..store.document import JobDoc
+from ..store.jobs import JobStore
+from ..store.states import State
+from ..store.values import check_json, check_storable
+
+log = get_task_logger("core4celery.job")
+
+
+class JobRun:
+    def __init__(self, store: JobStore, events: JobEvents, job_id: str, worker_id: str, hostname: str,
+                 run_lease: float, after_end: Callable[[], object]) -> None:
+        self._store = store
+        self._events = events
+        self.oid = as_object_id(job_id)
+        self.job_id = str(self.oid)
+        self._worker_id = worker_id
+        self._hostname = hostname
+        self._run_lease = run_lease
+        self._after_end = after_end
+        self.doc: JobDoc = {}
+        self._next_progress = 0.0
+
+    @property
+    def trial(self) -> int:
+        return int(self.doc.get("trial", 0))
+
+    def start(self) -> bool:
+        """dispatched → running; False when the ticket is stale or a duplicate."""
+        stamp = now()
+        locked = {
+            "worker": self._worker_id, "hostname": self._hostname, "pid": os.getpid(), "run": ObjectId(),
+            "at": stamp, "heartbeat": stamp, "lease_until": later(self._run_lease, stamp),
+        }
+        doc = self._store.start(self.oid, locked)
+        if doc is None:
+            return False
+        self.doc = doc
+        log.info("start execution of %s [%s] trial %d", doc["name"], self.job_id, self.trial)
+        return True
+
+    def execute(self, body: Callable[..., Any]) -> Any:
+        if not self.start():
+            raise Ignore()
+        try:
+            result = body(**self.doc.get("args", {}))
+            check_json(result, "result")
+        except JobDeferred as signal:
+            self._ending(partial(self._defer, signal))
+        except Exception as exc:
+            self._ending(partial(self._fail, exc))
+        else:
+            self._ending(partial(self._complete, result))
+            return result
+
+    def _ending(self, write: Callable[[], None]) -> None:
+        """An ending that cannot be written within outage_timeout is left to lease recovery."""
+        try:
+            write()
+        except RegistryUnavailable as exc:
+            log.error("job %s: could not record the end of its run (%s); it is recovered after its lease",
+                      self.job_id, exc)
+            raise Ignore() from None
+        finally:
+            self._after_end()
+
+    def _seconds(self, stamp: datetime) -> int:
+        return int((stamp - self.doc["started_at"]).total_seconds())  # type: ignore[operator]
+
+    def _complete(self, result: Any) -> None:
+        stamp = now()
+        if not self._store.complete(self.doc, result, stamp):
+            log.warning("job %s lost its lease before completing; result dropped", self.job_id)
+            raise Ignore()
+        log.info("done execution with [complete] after [%d] sec.", self._seconds(stamp))
+
+    def _defer(self, signal: JobDeferred) -> None:
+        stamp = now()
+        query_at = self._store.defer(self.doc, stamp, signal.message)
+        if query_at is None:
+            raise Ignore()
+        log.info(
+            "done execution with [deferred] after [%d] sec. and [%s] to go: %s",
+            self._seconds(stamp), self.doc["inactive_at"] - stamp, signal.message,
+        )
+        raise Retry(f"deferred: {signal.message}", when=query_at)
+
+    def _fail(self, exc: Exception) -> None:
+        stamp = now()
+        lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        error = {"exception": repr(exc), "traceback": lines, "at": stamp}
+        state = self._store.fail(self.doc, error, stamp)
+        if state is None:
+            raise Ignore()
+        left = self.doc["attempts_left"] - 1
+        log.critical(
+            "done execution with [%s] after [%d] sec. and [%d] attempts to go: %r",
+            state, self._seconds(stamp), left, exc,
+        )
+        if state is State.FAILED:
+            raise Retry(exc=exc, when=later(self.doc["error_time"], stamp))
+        raise exc
+
+    def progress(self, value: float, message: str | None, force: bool) -> bool:
+        """Throttled by progress_interval; doubles as the job's heartbeat."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise InvalidArguments(f"progress value must be a number in [0, 1], got {value!r}")
+        if message is not None:
+            if not isinstance(message, str):
+                raise InvalidArguments(f"progress message must be a str, got {type(message).__name__}")
+            check_storable(message, "progress message")
+        clock = time.monotonic()
+        if not force and clock < self._next_progress:
+            return False
+        self._next_progress = clock + float(self.doc["progress_interval"])
+        self._store.progress(self.doc, value, message)
+        log.debug("progress [%d%%] - %s", round(value * 100), message or "")
+        self._events.send("progress", self.oid, progress=float(value),
+                          result=f"{value:.0%} {message or ''}".rstrip())
+        return True
