@@ -9,7 +9,6 @@ so importing an app module does not connect to MongoDB.
 from __future__ import annotations
 
 import base64
-import json
 import os
 from datetime import datetime, timezone
 from functools import cached_property
@@ -17,6 +16,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.result import AsyncResult
+from kombu.utils.json import dumps as kombu_dumps
 
 from .backend import RegistryBackend
 from .broker import prepare_broker
@@ -62,7 +62,7 @@ class Core4:
         if settings is not None:
             self.__dict__["settings"] = settings
         self._worker_id: str | None = None
-        app.core4celery = self  # type: ignore[attr-defined]
+        app.core4celery = self
         app.add_defaults(APP_DEFAULTS)
         app.steps["worker"].add(Core4WorkerStep)
         # tasks defined from here on are created (and validated) at decoration time
@@ -267,9 +267,10 @@ def check_ticket(doc: JobDoc) -> None:
     """A ticket the broker could not store would be retried for ever: refuse the job instead.
 
     kombu's MongoDB transport stores the message as JSON with a base64 body,
-    so the arguments grow by a third on the way.
+    so the arguments grow by a third on the way (more for non-ASCII text,
+    which kombu's JSON escapes).
     """
-    body = json.dumps([[], doc["args"], {}]).encode()
+    body = kombu_dumps([[], doc["args"], {}]).encode()
     size = len(base64.b64encode(body)) + TICKET_OVERHEAD
     if size > MAX_BSON_SIZE:
         raise InvalidArguments(

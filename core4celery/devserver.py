@@ -24,9 +24,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_command(port: int) -> list[str]:
+def server_command(port: int, test_commands: bool = False) -> list[str]:
     exe = shutil.which("secantusd-py") or str(Path(sys.executable).with_name("secantusd-py"))
-    return [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:"]
+    command = [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:"]
+    # fail points (configureFailPoint) let fault tests cut a job's path at an exact command
+    return [*command, "--enable-test-commands"] if test_commands else command
 
 
 def wait_ready(url: str, timeout: float = 30.0) -> None:
@@ -44,8 +46,9 @@ def wait_ready(url: str, timeout: float = 30.0) -> None:
 class TestServer:
     """A server of our own, or the one named by CORE4CELERY_MONGODB_URL."""
 
-    def __init__(self, log_path: Path | None = None) -> None:
+    def __init__(self, log_path: Path | None = None, test_commands: bool = False) -> None:
         self.external = os.environ.get(ENV_URL)
+        self.test_commands = test_commands
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = log_path
 
@@ -55,7 +58,7 @@ class TestServer:
             return self.external
         port = free_port()
         log = open(self.log_path or os.devnull, "wb")
-        self.proc = subprocess.Popen(server_command(port), stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(server_command(port, self.test_commands), stdout=log, stderr=subprocess.STDOUT)
         url = f"mongodb://127.0.0.1:{port}/"
         wait_ready(url)
         return url

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 CALL_OPTIONS = ("priority", "countdown", "eta", "queue")
 
 
-class Core4Task(Task):  # type: ignore[misc]
+class Core4Task(Task):
     """Base class for core4 jobs: set ``base=Core4Task`` or subclass it.
 
     Subclasses that are only shared bases set ``abstract = True``; concrete
@@ -73,9 +73,9 @@ class Core4Task(Task):  # type: ignore[misc]
             raise ConfigurationError(
                 f"task {self.name}: its app has no core4celery handle; call Core4(app) before defining tasks"
             )
-        return core4  # type: ignore[no-any-return]
+        return core4
 
-    @property  # type: ignore[override]
+    @property
     def backend(self) -> Any:
         return self.core4.backend
 

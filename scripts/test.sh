@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m ruff check core4celery tests examples bench
+.venv/bin/python -m mypy core4celery
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -16,7 +16,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 @pytest.fixture(scope="session")
 def mongo_base() -> Iterator[str]:
     ARTIFACTS.mkdir(exist_ok=True)
-    server = TestServer(ARTIFACTS / "mongo-server.log")
+    server = TestServer(ARTIFACTS / "mongo-server.log", test_commands=True)
     url = server.start()
     yield url
     server.stop()

@@ -9,6 +9,7 @@ import click
 from bson import ObjectId
 
 from ..core import Core4
+from ..dispatch.capacity import why_waiting
 from ..store.document import JobDoc
 from ..store.states import State
 from . import handle, main, reported
@@ -25,6 +26,20 @@ def resolve(core4: Core4, target: str) -> list[str]:
     if not ids:
         raise click.ClickException(f"{target!r} is neither a job id nor the name of a live job")
     return ids
+
+
+def waiting_notes(core4: Core4, docs: list[JobDoc]) -> list[str]:
+    """Why due jobs get no ticket, where their own document cannot tell (no consumer for their queue)."""
+    alive = core4.nodes.alive()
+    waiting = [State.PENDING.value, State.DEFERRED.value, State.FAILED.value]
+    notes: dict[str, list[str]] = {}
+    for doc in docs:
+        if doc["state"] in waiting and not doc.get("dispatched_until"):
+            reason = why_waiting(doc.get("queue") or core4.app.conf.task_default_queue, alive)
+            if reason:
+                notes.setdefault(reason, []).append(str(doc["_id"]))
+    return [f"{len(ids)} waiting: {reason} ({', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})"
+            for reason, ids in sorted(notes.items())]
 
 
 def paused_note(core4: Core4) -> None:
@@ -47,6 +62,8 @@ def list_jobs(ctx: click.Context, states: tuple[str, ...]) -> None:
     click.echo(HEADER)
     for doc in docs:
         click.echo(row(doc))
+    for note in waiting_notes(core4, docs):
+        click.echo(note)
 
 
 @main.command()
@@ -62,6 +79,9 @@ def info(ctx: click.Context) -> None:
     click.echo(f"{'n':>6} {'state':8} name")
     for state, name, n in counts:
         click.echo(f"{n:6d} {state:8} {name}")
+    for note in waiting_notes(core4, core4.queries.live(states=[State.PENDING.value, State.DEFERRED.value,
+                                                                 State.FAILED.value])):
+        click.echo(note)
 
 
 def documents(core4: Core4, target: str) -> list[JobDoc]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ def age(stamp: datetime | None) -> str:
     return "-" if stamp is None else duration(max(0.0, (now() - stamp).total_seconds()))
 
 
-def flags(doc: dict[str, Any]) -> str:
+def flags(doc: Mapping[str, Any]) -> str:
     return "".join(char if doc.get(key) else "." for key, char in FLAGS)
 
 
@@ -32,13 +33,13 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-def attempt(doc: dict[str, Any]) -> str:
+def attempt(doc: Mapping[str, Any]) -> str:
     """core4 counts the running trial as used."""
     used = doc["attempts"] - doc["attempts_left"] + (1 if doc["state"] == State.RUNNING.value else 0)
     return f"{used}/{doc['attempts']}"
 
 
-def row(doc: dict[str, Any]) -> str:
+def row(doc: Mapping[str, Any]) -> str:
     running = doc["state"] == State.RUNNING.value
     runtime = age(doc.get("started_at")) if running else duration(float(doc.get("runtime") or 0.0))
     priority = f"{doc['priority']:3d}{'F' if doc.get('force') else ' '}"

@@ -97,6 +97,11 @@ def new_job(
     return doc
 
 
+def lock_of(doc: JobDoc) -> dict[str, Any]:
+    """The run's lock as a plain dict ({} when no run holds the job)."""
+    return dict(doc.get("locked") or {})
+
+
 def options_of(doc: JobDoc) -> JobOptions:
     """The options a stored job was enqueued with."""
     return JobOptions(**{key: doc[key] for key in JobOptions.__dataclass_fields__})  # type: ignore[literal-required]

@@ -26,7 +26,7 @@ from ..clock import EPOCH, later, now
 from ..errors import JobExists
 from ..events import JobEvents
 from .connection import DISPATCH_INDEX, DISPATCH_ORDER, Connection, Doc, as_object_id
-from .document import JobDoc
+from .document import JobDoc, lock_of
 from .gates import Gates, Slot
 from .journal import Journal
 from .states import (
@@ -213,7 +213,7 @@ class JobStore:
         rev = ObjectId()
         guard = {"_id": job_id, **START.filter(), "dispatched_until": {"$gt": EPOCH},
                  "removed_at": None, "killed_at": None}
-        update = [
+        update: list[dict[str, Any]] = [
             {"$set": {
                 "state": State.RUNNING.value, "rev": rev, "started_at": stamp, "locked": {"$literal": locked},
                 "trial": {"$add": ["$trial", 1]},
@@ -330,7 +330,7 @@ class JobStore:
 
         Running again (running → pending) uses no attempt: it was not the job's fault.
         """
-        locked = doc.get("locked") or {}
+        locked = lock_of(doc)
         run = locked.get("run")
         if run is not None and self._journal.copy_of_run(doc["_id"], run):
             return self._finish_completion(doc, run)
@@ -367,7 +367,7 @@ class JobStore:
             if started is not None:
                 fields["runtime"] = float(doc.get("runtime") or 0.0) + (stamp - started).total_seconds()
             done = self._apply(KILL_RUNNING, doc["_id"], {"$set": fields},
-                               where={"locked.run": (doc.get("locked") or {}).get("run")})
+                               where={"locked.run": lock_of(doc).get("run")})
         else:
             done = self._apply(KILL_WAITING, doc["_id"], {"$set": fields, "$unset": {"dispatched_until": ""}})
         if done:
@@ -408,7 +408,7 @@ class JobStore:
             doc: JobDoc | None = self._outage.run(lambda: jobs.find_one(guard), f"read job {job_id}")  # type: ignore[assignment]
             if doc is None:
                 return None
-            copy: JobDoc = {**doc, "rev": ObjectId()}  # type: ignore[typeddict-item]
+            copy: JobDoc = {**doc, "rev": ObjectId()}
             if not self._journal.propose(copy):
                 return None
             if self._delete(job_id, {**where, "rev": doc.get("rev")}):

@@ -31,7 +31,7 @@ class JobQueries:
     def journaled(self, name: str, limit: int) -> list[JobDoc]:
         """The latest journal entries of a name, newest first."""
         docs = self._connection.journal.find({"name": name}).sort("_id", -1).limit(limit)
-        return [{**doc, "journaled": True} for doc in docs]  # type: ignore[misc]
+        return [{**doc, "journaled": True} for doc in docs]  # type: ignore[typeddict-item]
 
     def counts(self) -> list[tuple[str, str, int]]:
         """(state, name, n) of live jobs."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..clock import later
-from ..store.document import JobDoc
+from ..store.document import JobDoc, lock_of
 
 
 def due_flags(doc: JobDoc, stamp: datetime) -> list[str]:
     due = []
-    heartbeat = (doc.get("locked") or {}).get("heartbeat")
+    heartbeat = lock_of(doc).get("heartbeat")
     if doc.get("zombie_at") is None and heartbeat is not None and heartbeat < later(-doc["zombie_time"], stamp):
         due.append("zombie_at")
     started = doc.get("started_at")

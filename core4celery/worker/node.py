@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from ..clock import now
-from ..store.document import JobDoc
+from ..store.document import JobDoc, lock_of
 from ..store.jobs import JobStore
 from .flags import due_flags
 
@@ -64,7 +64,7 @@ class Node:
         renew = []
         stamp = now()
         for doc in self._store.running_on(self.worker_id):
-            pid = (doc.get("locked") or {}).get("pid")
+            pid = lock_of(doc).get("pid")
             if doc.get("killed_at"):
                 self.kill(doc)
             elif not pid_alive(pid):
@@ -84,7 +84,7 @@ class Node:
 
     def kill(self, doc: JobDoc) -> None:
         """Record the kill first, then SIGKILL the pool process only if it still runs this job."""
-        pid = (doc.get("locked") or {}).get("pid")
+        pid = lock_of(doc).get("pid")
         if not self._store.kill(doc, "killed on request"):
             return
         runs = self._in_progress().get(str(doc["_id"]), 0)

@@ -23,6 +23,7 @@ FAST = {
     "core4celery_run_lease": 4.0,
     "core4celery_dispatch_interval": 0.1,
     "core4celery_dispatch_lease": 2.0,
+    "core4celery_outage_timeout": 5.0,
 }
 
 
@@ -118,6 +119,20 @@ def build(url: str) -> tuple[Celery, Core4]:
         total = sum(range(start, end))
         trace().insert_one({"job": self.job_id, "event": "child", "sum": total, "at": time.time()})
         return total
+
+    bad_values: dict[str, Any] = {
+        "bigint": 2**64, "surrogate": "\ud800", "nul_key": {"a\x00b": 1}, "huge": "x" * (17 * 1024 * 1024),
+    }
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.bad_result", author="test")
+    def bad_result(self: Core4Task, kind: str) -> Any:
+        """Returns a value JSON accepts but MongoDB cannot store."""
+        return bad_values[kind]
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="t.bad_progress", author="test")
+    def bad_progress(self: Core4Task) -> int:
+        self.progress(0.5, "\ud800", force=True)
+        return 1
 
     @app.task(shared=False, name="t.plain_add")
     def plain_add(x: int, y: int) -> int:
