@@ -149,9 +149,9 @@ def test_unpublishable_ticket_and_bad_queue_are_refused_at_enqueue(cluster: Clus
     task = cluster.app.tasks["t.record"]
     with pytest.raises(InvalidArguments, match="queue must be a non-empty str, got 123"):
         task.apply_async(kwargs={"tag": "x"}, queue=123)
-    with pytest.raises(InvalidArguments, match="the ticket would be .* bytes"):
+    with pytest.raises(InvalidArguments, match=r"the ticket would be .* bytes"):
         cluster.core4.enqueue("t.record", tag="y" * 13_000_000)  # storable, but 17.4 MB as a ticket
-    with pytest.raises(InvalidArguments, match="the ticket would be .* bytes"):
+    with pytest.raises(InvalidArguments, match=r"the ticket would be .* bytes"):
         cluster.core4.enqueue("t.record", tag="é" * 3_000_000)  # 6 MB stored, 24 MB once kombu escapes it
     assert cluster.core4.connection.jobs.count_documents({}) == 0
 
