@@ -25,6 +25,7 @@ Doc = dict[str, Any]
 # force first, then higher priority, then FIFO: core4's selection order
 DISPATCH_ORDER = [("force", DESCENDING), ("priority", DESCENDING), ("_id", ASCENDING)]
 DISPATCH_INDEX = "dispatch_order"
+SOCKET_TIMEOUT_MS = 60_000
 
 
 def as_object_id(job_id: Any) -> ObjectId:
@@ -45,7 +46,11 @@ class Connection:
         self.outage = Outage(settings.outage_timeout, lambda: settings.masked_url)
 
     def _connect(self) -> MongoClient[Doc]:
-        return MongoClient(self.settings.mongodb_url, serverSelectionTimeoutMS=5000, tz_aware=False)
+        # pymongo's own waits stay below outage_timeout, so Outage decides when to give up;
+        # a server that hangs instead of dying surfaces as NetworkTimeout (retried like a drop)
+        selection = int(min(5.0, self.settings.outage_timeout) * 1000)
+        return MongoClient(self.settings.mongodb_url, serverSelectionTimeoutMS=selection,
+                           socketTimeoutMS=SOCKET_TIMEOUT_MS, tz_aware=False)
 
     @property
     def db(self) -> Database[Doc]:

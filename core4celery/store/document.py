@@ -69,6 +69,7 @@ class JobDoc(TypedDict, total=False):
     zombie_at: datetime | None
     wall_at: datetime | None
     rev: ObjectId  # written by every transition: tells whether a write whose reply was lost landed
+    source_rev: ObjectId | None  # journal copies only: the live rev the copy was built from
     journaled: bool  # set on reads from the journal, never stored
 
 

@@ -216,6 +216,7 @@ class JobStore:
         update: list[dict[str, Any]] = [
             {"$set": {
                 "state": State.RUNNING.value, "rev": rev, "started_at": stamp, "locked": {"$literal": locked},
+                "query_at": None,
                 "trial": {"$add": ["$trial", 1]},
                 # core4: the defer_max window opens at the first start
                 "inactive_at": {"$ifNull": ["$inactive_at", {"$add": [stamp, {"$multiply": ["$defer_max", 1000]}]}]},
@@ -244,18 +245,29 @@ class JobStore:
                   "prog": {"value": 1.0, "message": ""}, "attempts_left": doc["attempts_left"] - 1}
         live: JobDoc = doc
         for _ in range(MOVE_RETRIES):
-            final: JobDoc = {**live, **fields, "rev": ObjectId()}  # type: ignore[typeddict-item]
+            final: JobDoc = {**live, **fields, "rev": ObjectId(), "source_rev": live.get("rev")}  # type: ignore[typeddict-item]
             if not self._journal.propose(final):
                 return False
             if self._delete(doc["_id"], {"rev": live.get("rev")}):
                 self._release(doc)
                 return True
             current = self._running(doc)
-            if current is None:  # lease lost: recovered or killed meanwhile
-                self._journal.take_back(doc["_id"], final["rev"])
-                return False
+            if current is None:
+                return self._settle_lost_move(doc["_id"], final["rev"])
             live = current  # flags or a request changed it: carry them into the journal
         return False
+
+    def _settle_lost_move(self, job_id: ObjectId, rev: ObjectId) -> bool:
+        """The live job is no longer this run's: was the move finished by someone else, or undone?
+
+        Recovery may have finished it (our copy stays: complete), a hard remove
+        replaced it (not ours), or the job lives on recovered or killed (take
+        our copy back).
+        """
+        if self.live(job_id) is not None:
+            self._journal.take_back(job_id, rev)
+            return False
+        return self._journal.holds(job_id, rev)
 
     def _running(self, doc: JobDoc) -> JobDoc | None:
         jobs = self._connection.jobs
@@ -298,7 +310,9 @@ class JobStore:
             self._release(doc)
             return True
         current = self._running(doc)
-        return current is not None and bool(current.get("killed_at")) and self.kill(current, "killed on request")
+        if current is not None and current.get("killed_at"):
+            self.kill(current, "killed on request")  # the ending is overruled: the caller reports nothing
+        return False
 
     def progress(self, doc: JobDoc, value: float, message: str | None) -> None:
         """Not a transition (no rev): frequent, and doubles as the run's heartbeat."""
@@ -408,17 +422,20 @@ class JobStore:
             doc: JobDoc | None = self._outage.run(lambda: jobs.find_one(guard), f"read job {job_id}")  # type: ignore[assignment]
             if doc is None:
                 return None
-            copy: JobDoc = {**doc, "rev": ObjectId()}
+            copy: JobDoc = {**doc, "rev": ObjectId(), "source_rev": doc.get("rev")}
             if not self._journal.propose(copy):
-                return None
+                return None  # another mover holds this version (or it is gone)
             if self._delete(job_id, {**where, "rev": doc.get("rev")}):
                 return doc
+            if self.live(job_id) is None:
+                return None  # moved by someone else meanwhile: their copy is the final one
             self._journal.take_back(job_id, copy["rev"])
         return None
 
     def restart_waiting(self, job_id: ObjectId) -> bool:
         """deferred/failed: due now, same id."""
-        done = self._apply(RESTART_WAITING, job_id, {"$set": {"query_at": now()}}, where={"removed_at": None})
+        done = self._apply(RESTART_WAITING, job_id, {"$set": {"query_at": now()}},
+                           where={"removed_at": None, "dispatched_until": None})  # a ticket out means due already
         if done:
             self._bump()
         return done

@@ -22,10 +22,13 @@ class Journal:
         self._connection = connection
 
     def propose(self, doc: JobDoc) -> bool:
-        """Write ``doc`` as the job's journal copy; False when a final copy of another move exists.
+        """Write ``doc`` as the job's journal copy; False when another mover holds this version of the job.
 
-        A copy left by a move that never completed (its live document lives on)
-        is replaced; the caller only proposes while it holds the live document.
+        ``doc["source_rev"]`` is the live document's ``rev`` the copy was built
+        from: one copy per live version, so of two movers that read the same
+        version only one proposes, and only that one's guarded delete can match.
+        A copy of an older version (its mover died or was overtaken) is stale
+        and replaced.
         """
         journal = self._connection.journal
         outage = self._connection.outage
@@ -34,30 +37,37 @@ class Journal:
             return True
         except DuplicateKeyError:
             pass
-        existing = outage.run(lambda: journal.find_one({"_id": doc["_id"]}, {"rev": 1}), "read the journal")
-        if existing is None or existing.get("rev") == doc.get("rev"):
-            # gone meanwhile (taken back), or our own insert landed before its reply was lost
-            return existing is not None or self.propose(doc)
-        if self._live_exists(doc["_id"]):
-            replaced = outage.run(
-                lambda: journal.replace_one({"_id": doc["_id"], "rev": existing.get("rev")}, dict(doc)),
-                f"journal job {doc['_id']}",
-            )
-            return replaced.matched_count == 1 or self._holds(doc)
-        return False
+        existing = outage.run(
+            lambda: journal.find_one({"_id": doc["_id"]}, {"rev": 1, "source_rev": 1}), "read the journal"
+        )
+        if existing is None:
+            return self.propose(doc)  # taken back meanwhile
+        if existing.get("rev") == doc.get("rev"):
+            return True  # our own insert landed before its reply was lost
+        live_rev = self._live_rev(doc["_id"])
+        if live_rev is False or existing.get("source_rev") == live_rev:
+            return False  # moved already, or another mover holds this version
+        replaced = outage.run(
+            lambda: journal.replace_one({"_id": doc["_id"], "rev": existing.get("rev")}, dict(doc)),
+            f"journal job {doc['_id']}",
+        )
+        return replaced.matched_count == 1
 
-    def _holds(self, doc: JobDoc) -> bool:
-        found = self._connection.journal.count_documents({"_id": doc["_id"], "rev": doc.get("rev")}, limit=1)
-        return bool(found)
-
-    def _live_exists(self, job_id: ObjectId) -> bool:
+    def _live_rev(self, job_id: ObjectId) -> ObjectId | bool | None:
+        """The live document's rev, None when it has none yet, False when it is gone."""
         jobs = self._connection.jobs
+        live = self._connection.outage.run(lambda: jobs.find_one({"_id": job_id}, {"rev": 1}), "read a live job")
+        return False if live is None else live.get("rev")
+
+    def holds(self, job_id: ObjectId, rev: ObjectId | None) -> bool:
+        """Is the journal copy of this job the one written by the move named ``rev``?"""
+        journal = self._connection.journal
         return bool(self._connection.outage.run(
-            lambda: jobs.count_documents({"_id": job_id}, limit=1), "read a live job"
+            lambda: journal.count_documents({"_id": job_id, "rev": rev}, limit=1), "read the journal"
         ))
 
     def take_back(self, job_id: ObjectId, rev: ObjectId | None) -> None:
-        """Undo a proposal whose live document changed; another move's copy is left alone."""
+        """Undo a proposal whose live document changed (and still exists); another move's copy is left alone."""
         journal = self._connection.journal
         self._connection.outage.run(
             lambda: journal.delete_one({"_id": job_id, "rev": rev}), f"take back the journal copy of {job_id}"

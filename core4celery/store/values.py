@@ -60,7 +60,8 @@ def _walk(value: Any, path: str, depth: int) -> None:
         return
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
-            raise InvalidArguments(f"{path}: int {value} exceeds MongoDB's 8-byte range")
+            shown = str(value) if value.bit_length() <= 256 else f"of {value.bit_length()} bits"
+            raise InvalidArguments(f"{path}: int {shown} exceeds MongoDB's 8-byte range")
     elif isinstance(value, str):
         _check_text(value, path)
     elif isinstance(value, dict):

@@ -63,13 +63,14 @@ class Node:
         """Kill what was asked to die, recover what died, flag and renew what really runs."""
         renew = []
         stamp = now()
+        in_progress = self._in_progress()
         for doc in self._store.running_on(self.worker_id):
             pid = lock_of(doc).get("pid")
             if doc.get("killed_at"):
                 self.kill(doc)
             elif not pid_alive(pid):
                 self._store.recover(doc, f"pool process {pid} of {self.worker_id} died")
-            elif str(doc["_id"]) in self._in_progress():
+            elif str(doc["_id"]) in in_progress:
                 self._flag(doc, stamp)
                 renew.append(doc["_id"])
             else:
