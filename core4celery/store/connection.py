@@ -95,9 +95,9 @@ class Connection:
         return f"MongoDB at {self.settings.masked_url} refused: {exc.details and exc.details.get('errmsg')}"
 
     def ensure_indexes(self) -> None:
-        """Every per-job query is served by one of these."""
+        """Every per-job query is served by one of these; a worker starting during an outage waits it out."""
         try:
-            self._create_indexes()
+            self.outage.run(self._create_indexes, "prepare the registry")
         except OperationFailure as exc:
             raise ConfigurationError(self._refused(exc)) from None
         except PyMongoError as exc:
