@@ -45,6 +45,17 @@ def failpoint(cluster: Cluster) -> Iterator[FailPoint]:
     point.off()
 
 
+def running_body(cluster: Cluster, tag: str) -> str:
+    """A job whose body has begun (and runs ~1.5 s more): fail points set now hit only its ending.
+
+    Set before the enqueue, a fail point on "insert" would also stop the victim's own
+    dispatcher from publishing the ticket.
+    """
+    job_id = cluster.core4.enqueue("t.record", tag=tag, seconds=1.5)
+    wait_for(lambda: cluster.trace.find_one({"tag": tag, "event": "start"}), 30, what="the body to start")
+    return job_id
+
+
 def test_completion_cut_short_is_finished_by_another_worker(cluster: Cluster, failpoint: FailPoint) -> None:
     """Case 1: the run journals its result and dies before deleting the live job."""
     victim = cluster.worker("victim", concurrency=1, app_name=VICTIM)
@@ -68,12 +79,12 @@ def test_completion_cut_short_is_finished_by_another_worker(cluster: Cluster, fa
 def test_final_write_failing_past_outage_timeout_is_recovered(cluster: Cluster, failpoint: FailPoint) -> None:
     """Case 2: the ending cannot be written; the node stops renewing and the lease brings the job back."""
     victim = cluster.worker("victim", concurrency=1, app_name=VICTIM)
-    failpoint.on(["insert"], closeConnection=True)  # the journal copy of the completion
-    job_id = cluster.core4.enqueue("t.square", n=7)
+    job_id = running_body(cluster, "give-up")
+    failpoint.on(["insert"], closeConnection=True)  # the journal copy of the completion (and any ticket)
     wait_for(lambda: "could not record the end of its run" in victim.output(), 30, what="the run to give up")
     failpoint.off()
     done = cluster.wait_state(job_id, "complete", timeout=30)
-    assert done["trial"] == 2 and done["result"] == 49
+    assert done["trial"] == 2 and done["result"] == "give-up"
     assert "WorkerLost" in done["last_error"]["exception"]
     assert cluster.core4.AsyncResult(cluster.core4.enqueue("t.square", n=8)).get(timeout=30) == 64
 
@@ -115,9 +126,9 @@ def test_unstorable_progress_message_fails_the_job(cluster: Cluster) -> None:
 def test_kill_of_a_stranded_job_signals_no_process(cluster: Cluster, failpoint: FailPoint) -> None:
     """Case 4: the run is over (its ending could not be written); kill only transitions it."""
     victim = cluster.worker("victim", concurrency=1, app_name=VICTIM)
+    job_id = running_body(cluster, "stranded")
+    pid = cluster.core4.get(job_id)["locked"]["pid"]
     failpoint.on(["insert"], closeConnection=True)
-    job_id = cluster.core4.enqueue("t.square", n=4)
-    pid = cluster.wait_state(job_id, "running")["locked"]["pid"]
     wait_for(lambda: "could not record the end of its run" in victim.output(), 30, what="the run to give up")
     failpoint.off()
     cluster.core4.pause()  # should lease recovery win the race, the job waits and is killed there
