@@ -25,6 +25,7 @@ from bench.common import Bench, BenchFailed, forget_workers, plot, run, save, wa
 from core4celery.clock import EPOCH, now
 from core4celery.store.connection import DISPATCH_INDEX, DISPATCH_ORDER
 from core4celery.store.document import new_job
+from core4celery.store.slots import Holder
 from core4celery.store.states import REQUEUE
 
 TASK = "bench.core4_trivial"
@@ -58,15 +59,16 @@ def timed(fn: Callable[[int], Any], repeat: int) -> float:
 def operations(core4: Any, size: int) -> dict[str, Callable[[int], Any]]:
     reg = core4.connection
     sample = [d["_id"] for d in reg.jobs.find({}, {"_id": 1}).limit(200)]
+    holder = Holder(job_id=sample[0], name=TASK, queue="celery", limit=100)
+    core4.store.reconcile({"celery": 10**6})  # room for the take+give measurement
     return {
         "enqueue (insert + dispatch call)": lambda i: core4.enqueue(TASK, i=size + 10_000_000 + i),
         "find_one by id": lambda i: core4.store.live(sample[i % len(sample)]),
         # the store's primitives, measured directly (private on purpose: not an API)
         "guarded transition": lambda i: core4.store._apply(REQUEUE, sample[i % len(sample)],
                                                            {"$set": {"query_at": EPOCH}}),
-        "gate acquire + release": lambda i: (core4.store._gates.acquire(TASK, sample[0], 100),
-                                             core4.store._gates.release(TASK, sample[0])),
-        "capacity (workers + busy per queue)": lambda i: core4.dispatcher.capacity(),
+        "slots take + give": lambda i: (core4.store._slots.take(holder), core4.store._slots.give(holder)),
+        "slots read": lambda i: core4.store.slots(),
         "housekeeping queries": lambda i: (list(reg.jobs.find({"dispatched_until": {"$gt": EPOCH, "$lt": now()}})),
                                            list(reg.jobs.find({"state": "running", "locked.lease_until": {"$lt": now()}})),
                                            list(reg.jobs.find({"removed_at": {"$gt": EPOCH}}))),

@@ -7,18 +7,63 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from core4celery.clock import EPOCH
 from core4celery.devserver import TestServer
-from core4celery.dispatch.dispatcher import MUTEX
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("CORE4CELERY_BENCH_RESULTS") or REPO / "bench" / "results")
 CONF_ENV = "CORE4CELERY_BENCH_CONF"
+
+
+def count_commands() -> Path:
+    """Turn on command counting in this process and in every worker started after this call."""
+    from core4celery.metrics import ENV, install_from_env
+
+    directory = Path(tempfile.mkdtemp(prefix="core4celery-commands-"))
+    os.environ[ENV] = str(directory)
+    install_from_env()
+    return directory
+
+
+def counted(directory: Path) -> Counter[str]:
+    """Every process's counts once their flush threads have written what they sent so far."""
+    from core4celery.metrics import FLUSH_INTERVAL, read_counts
+
+    time.sleep(3 * FLUSH_INTERVAL)  # each process rewrites its file every FLUSH_INTERVAL
+    return read_counts(directory)
+
+
+def wait_per_job(before: Counter[str], after: Counter[str], jobs: int) -> dict[str, float]:
+    """Milliseconds per job spent waiting for server replies, by code path (all processes summed)."""
+    from core4celery.metrics import TIME_PREFIX
+
+    paths: Counter[str] = Counter()
+    for key, micros in (after - before).items():
+        if key.startswith(TIME_PREFIX):
+            paths[key[len(TIME_PREFIX):].split("/", 1)[0]] += micros
+    return {path: round(n / 1000 / jobs, 2) for path, n in sorted(paths.items())}
+
+
+def per_job(before: Counter[str], after: Counter[str], jobs: int, detail: bool = False) -> dict[str, float]:
+    """Commands per job by code path (the part before the slash), plus the total.
+
+    ``detail``: by path and command name (``dispatch/update``) instead.
+    """
+    from core4celery.metrics import TIME_PREFIX
+
+    paths: Counter[str] = Counter()
+    for key, n in (after - before).items():
+        if not key.startswith(TIME_PREFIX):
+            paths[key if detail else key.split("/", 1)[0]] += n
+    result = {path: n / jobs for path, n in sorted(paths.items())}
+    result["total"] = sum(paths.values()) / jobs
+    return result
 
 
 class BenchFailed(Exception):
@@ -77,10 +122,10 @@ class Bench:
 
 
 def forget_workers(core4: Any) -> None:
-    """After SIGKILLing workers: drop their registrations and free the dispatch mutex they may hold
-    (for up to dispatch_lease), so the next configuration starts from a clean slate."""
-    core4.connection.workers.delete_many({})
-    core4.connection.control.update_many({"_id": MUTEX}, {"$set": {"until": EPOCH, "owner": None}})
+    """After SIGKILLing workers: drop their registrations and their idle slots, so the next
+    configuration starts from a clean slate."""
+    core4.nodes.forget_all()
+    core4.dispatcher.reconcile()
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:

@@ -14,13 +14,16 @@ from .errors import (
     RegistryUnavailable,
     UnknownTask,
 )
+from .metrics import install_from_env
 from .signals import JobDeferred
 from .store.states import State
 from .task import Core4Task
 
 __all__ = [
     "ConfigurationError", "Core4", "Core4Error", "Core4Task", "InvalidArguments", "InvalidOption",
-    "JobDeferred", "JobExists", "JobFailed", "JobNotFound", "OperationRefused", "RegistryUnavailable", "Settings", "State",
-    "UnknownTask",
+    "JobDeferred", "JobExists", "JobFailed", "JobNotFound", "OperationRefused", "RegistryUnavailable", "Settings",
+    "State", "UnknownTask",
 ]
 __version__ = "0.1.0"
+
+install_from_env()  # opt-in command counting; clients are created lazily, so every one is counted

@@ -24,12 +24,12 @@ from .clock import later, now
 from .config.numbers import check_seconds
 from .config.options import ENQUEUE_OPTIONS
 from .config.settings import Settings
-from .dispatch.background import BackgroundDispatch
+from .dispatch.background import BackgroundHandover
 from .dispatch.control import Control
-from .dispatch.dispatcher import MUTEX, Dispatcher
-from .dispatch.mutex import Mutex
+from .dispatch.dispatcher import Dispatcher
 from .errors import InvalidArguments, JobNotFound, UnknownTask
 from .events import JobEvents
+from .metrics import code_path
 from .operations import Operations, Outcome
 from .store.connection import Connection, Doc
 from .store.document import JobDoc, new_job
@@ -104,13 +104,11 @@ class Core4:
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
-        mutex = Mutex(self.connection, MUTEX, lease=self.settings.dispatch_lease)
-        return Dispatcher(self.store, self.nodes, self.control, mutex, self.app, self.settings,
-                          default_queue=self.app.conf.task_default_queue)
+        return Dispatcher(self.store, self.nodes, self.control, self.app, self.settings)
 
     @cached_property
-    def background(self) -> BackgroundDispatch:
-        return BackgroundDispatch(self.dispatcher.run)
+    def handovers(self) -> BackgroundHandover:
+        return BackgroundHandover(self.dispatcher.hand_over)
 
     @cached_property
     def operations(self) -> Operations:
@@ -184,8 +182,11 @@ class Core4:
         doc = new_job(task.name, arguments, job_options, query_at=self._first_due(countdown, eta),
                       mid=mid, queue=self._queue_of(task.name, queue))
         check_ticket(doc)
-        self.store.enqueue(doc)
-        self.dispatch()
+        if doc["query_at"] <= now():  # type: ignore[operator]
+            self.dispatcher.offer(doc)
+        else:
+            with code_path("enqueue"):
+                self.store.enqueue(doc)
         return str(doc["_id"])
 
     def _queue_of(self, name: str, queue: Any) -> str:
@@ -210,14 +211,9 @@ class Core4:
         return now()
 
     def dispatch(self) -> int:
-        """Issue tickets for due jobs now instead of waiting for a worker's timer.
-
-        Inside a running job the pass runs on a background thread (returns 0).
-        """
-        if self.app.current_worker_task is not None:
-            self.background.kick()
-            return 0
-        return self.dispatcher.run()
+        """Issue tickets for due jobs now instead of waiting for a worker's timer (slots brought up to date first)."""
+        self.dispatcher.reconcile()
+        return self.dispatcher.tick()
 
     # -- operate -----------------------------------------------------------
     def kill(self, job_id: str) -> Outcome:
@@ -240,9 +236,7 @@ class Core4:
         return self.dispatcher.pause()
 
     def resume(self) -> bool:
-        resumed = self.control.resume()
-        self.dispatch()
-        return resumed
+        return self.dispatcher.resume()
 
     def workers(self) -> list[Doc]:
         """Workers whose heartbeat is recent, each with the ids of the jobs it runs."""

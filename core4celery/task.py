@@ -18,6 +18,7 @@ from celery.result import AsyncResult
 from .config.options import JobOptions, check_author
 from .errors import ConfigurationError, InvalidArguments
 from .signals import JobDeferred
+from .store.document import TICKET_HEADER
 from .worker.run import JobRun
 
 if TYPE_CHECKING:
@@ -89,10 +90,10 @@ class Core4Task(Task):
             return super().__call__(*args, **kwargs)  # a plain local call
         core4 = self.core4
         hostname = request.hostname or ""
-        run = JobRun(core4.store, core4.events, request.id, core4.worker_id(hostname), hostname,
-                     core4.settings.run_lease, after_end=core4.dispatch)
+        run = JobRun(core4.store, core4.events, request.id, self.name, core4.worker_id(hostname), hostname,
+                     core4.settings.run_lease, after_end=core4.handovers.submit)
         request.core4_run = run
-        return run.execute(self.body)
+        return run.execute(self.body, kwargs, getattr(request, TICKET_HEADER, None))
 
     def body(self, **kwargs: Any) -> Any:
         """The user's code: ``run`` for function tasks, ``execute`` for core4-style classes."""

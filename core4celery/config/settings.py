@@ -39,7 +39,6 @@ class Settings:
     worker_timeout: float = 10.0
     ticket_lease: float = 30.0
     run_lease: float = 15.0
-    dispatch_lease: float = 5.0
     dispatch_scan: int = 200
     candidate_ttl: float = 1.0
     outage_timeout: float = 60.0

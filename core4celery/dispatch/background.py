@@ -1,44 +1,42 @@
-"""Dispatcher passes on a thread of this process, requested by ``kick()``.
+"""Hand-overs on a thread of the pool process, requested by ``submit()``.
 
-Used inside a running job: the job's process is free for its next ticket at
-once, and tickets are published outside the job's Celery context, so Celery
-does not record unrelated jobs as the job's children.
+A finished run's slots are handed to the next job off the job's critical
+path: the pool process is free for its next ticket at once, and the ticket is
+published outside the job's Celery context (Celery would record the next job
+as the finished one's child).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable
 
 from ..process import PerProcess
+from ..store.slots import Holder
 
 log = logging.getLogger(__name__)
 
 
-class BackgroundDispatch:
-    def __init__(self, run: Callable[[], object]) -> None:
-        self._run = run
-        self._wanted = threading.Event()
-        self._thread: PerProcess[threading.Thread] = PerProcess(self._start)
+class BackgroundHandover:
+    def __init__(self, hand_over: Callable[[Holder], object]) -> None:
+        self._hand_over = hand_over
+        self._queue: PerProcess[queue.SimpleQueue[Holder]] = PerProcess(self._start)
 
-    def _start(self) -> threading.Thread:
-        self._wanted = threading.Event()  # a forked copy of the parent's event is not ours
-        thread = threading.Thread(target=self._loop, args=(self._wanted,), name="core4celery-dispatch", daemon=True)
-        thread.start()
-        return thread
+    def _start(self) -> queue.SimpleQueue[Holder]:
+        pending: queue.SimpleQueue[Holder] = queue.SimpleQueue()  # a forked copy of the parent's is not ours
+        threading.Thread(target=self._loop, args=(pending,), name="core4celery-handover", daemon=True).start()
+        return pending
 
-    def kick(self) -> None:
-        if not self._thread.get().is_alive():
-            self._thread.reset()
-            self._thread.get()
-        self._wanted.set()
+    def submit(self, finished: Holder) -> None:
+        self._queue.get().put(finished)
 
-    def _loop(self, wanted: threading.Event) -> None:
+    def _loop(self, pending: queue.SimpleQueue[Holder]) -> None:
         while True:
-            wanted.wait()
-            wanted.clear()
+            finished = pending.get()
             try:
-                self._run()
+                self._hand_over(finished)
             except Exception:
-                log.exception("core4celery dispatch failed; the worker's ticker retries")
+                log.exception("core4celery: handing over the slot of job %s failed; slot repair frees it",
+                              finished.job_id)

@@ -1,23 +1,29 @@
 """The queue gate: turns due registry jobs into Celery tickets, in order.
 
-It issues at most as many tickets as the cluster has idle worker slots (per
-queue: only workers consuming a queue count for it), so the broker never holds
-work a busy worker could prefetch out of priority order, and each ticket's
-``max_parallel`` slot is taken before the ticket exists (``JobStore.claim``).
+A ticket exists only for a job holding an idle worker slot of its queue and
+one of its task's ``max_parallel`` slots (see :mod:`core4celery.store.slots`),
+so the broker never holds work a busy worker could prefetch out of priority
+order. Tickets are issued on three paths, each a few guarded commands:
 
-The sorted candidate scan is the one query whose cost grows with the backlog
-(the test server materialises every match, even with a limit), so each
-dispatcher keeps the scan's result and reuses it until it is used up, older
-than ``candidate_ttl``, or a job became due out of turn: the store bumps a
-generation counter whenever that happens, and every pass reads it. Stale
-entries are harmless: each claim is still one guarded update.
+* **offer** (enqueue): a job due now takes its slots and is inserted already
+  dispatched when a worker slot is idle;
+* **hand over** (a run ended): the finishing process gives its slots straight
+  to the next due job in dispatch order, so a freed slot never idles while
+  work waits and no broker poll stands between two jobs;
+* **tick** (every worker's timer): jobs that became due by the clock, or slots
+  that became free (a new worker, a reconcile) are filled.
+
+The sorted candidate scan is the one query whose cost grows with the backlog,
+so each process keeps the scan's result and reuses it until it is used up,
+older than ``candidate_ttl``, or a job became due out of turn (the slots
+document's generation moved). Stale entries are harmless: every claim is a
+guarded update.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -25,126 +31,129 @@ from celery import Celery
 
 from ..clock import now
 from ..config.settings import Settings
+from ..metrics import code_path
 from ..store.connection import Doc
-from ..store.jobs import Claim, JobStore
-from ..store.nodes import Nodes
+from ..store.document import TICKET_HEADER, JobDoc, ticket_header
+from ..store.jobs import Claim, JobStore, holder_of
+from ..store.nodes import Nodes, slots_by_queue
+from ..store.slots import Holder, SlotState
 from ..store.states import State
-from .capacity import Capacity
 from .control import Control
-from .mutex import Mutex
 
 log = logging.getLogger(__name__)
 
-MUTEX = "dispatch"
 SLOW_SCAN_FACTOR = 10
+FULL_PAUSE = 0.05  # seconds an enqueuing process assumes the cluster stays full after a failed take
 
 
 class Dispatcher:
-    def __init__(self, store: JobStore, nodes: Nodes, control: Control, mutex: Mutex, app: Celery,
-                 settings: Settings, default_queue: str) -> None:
+    def __init__(self, store: JobStore, nodes: Nodes, control: Control, app: Celery, settings: Settings) -> None:
         self._store = store
         self._nodes = nodes
         self._control = control
-        self._mutex = mutex
         self._app = app
         self._settings = settings
-        self._default_queue = default_queue
         self._candidates: list[Doc] = []
-        self._scanned: tuple[object, float] = (None, 0.0)  # (generation, monotonic time)
+        self._scanned: tuple[int, float] = (-1, 0.0)  # (generation, monotonic time)
+        self._ranks: dict[str, int] = {}  # the rank generations the cached list reflects
         self._ttl = settings.candidate_ttl
+        self._full_until = 0.0  # monotonic: enqueues until then skip the take (the cluster was full)
 
-    def _fresh(self, current: object) -> bool:
-        generation, scanned_at = self._scanned
-        return bool(self._candidates) and generation == current and time.monotonic() - scanned_at < self._ttl
+    # -- the three paths -------------------------------------------------------
+    def offer(self, doc: JobDoc) -> bool:
+        """Enqueue ``doc`` (due now) with its ticket if a worker slot is idle; else it waits.
 
-    def _candidates_for(self, stamp: datetime, current: object | None) -> list[Doc]:
-        if current is None:
-            current = self._store.generation()
-        if not self._fresh(current):
-            self._scan(stamp, current)
-        return self._candidates
-
-    def _scan(self, stamp: datetime, generation: object) -> None:
-        began = time.monotonic()
-        self._candidates = self._store.due(stamp, self._settings.dispatch_scan)
-        took = time.monotonic() - began
-        # a slow scan (a big backlog on a server that reads every match) is repeated less often;
-        # jobs made due out of turn still force a rescan through the generation
-        self._ttl = max(self._settings.candidate_ttl, SLOW_SCAN_FACTOR * took)
-        self._scanned = (generation, time.monotonic())
-
-    def _prefetch(self) -> object:
-        """Refresh a stale scan before taking the mutex, so a slow scan holds up no other dispatcher."""
-        current = self._store.generation()
-        if not (self._fresh(current) or self._control.paused() or self.capacity().free <= 0):
-            self._scan(now(), current)
-        return current
-
-    def run(self, before: Callable[[], object] | None = None) -> int:
-        """One or more passes under the cluster mutex; returns the tickets issued.
-
-        ``before`` runs under the mutex too, for repairs that must not race a pass.
+        After a take found no idle slot, enqueues skip the attempt for a moment
+        (a burst into a full cluster); the next hand-over or tick picks them up.
         """
-        current: object | None = self._prefetch()
-        token = self._mutex.acquire()
-        if token is None:
-            return 0
+        with code_path("enqueue"):
+            if time.monotonic() < self._full_until:
+                self._store.enqueue(doc)
+                return False
+            dispatched = self._store.enqueue_dispatched(doc, self._settings.ticket_lease)
+            if not dispatched:
+                self._full_until = time.monotonic() + FULL_PAUSE
+        if dispatched:
+            with code_path("dispatch"):
+                self._publish(doc)
+        return dispatched
+
+    def hand_over(self, finished: Holder) -> None:
+        """A run ended: its slots go to the next due job, or back when nothing waits."""
+        with code_path("dispatch"):
+            state = self._store.slots()
+            left: Holder | None = finished
+            if not state.paused:
+                _, left = self._fill(state, finished, limit=1)
+            if left is not None:
+                self._store.give(left)
+
+    def tick(self) -> int:
+        """Fill idle slots with due jobs; returns the tickets issued."""
+        with code_path("dispatch"):
+            state = self._store.slots()
+            free = sum(max(0, n) for n in state.free.values())
+            if state.paused or free == 0:
+                return 0
+            issued, _ = self._fill(state, None, limit=free)
+            return issued
+
+    # -- filling ---------------------------------------------------------------
+    def _fill(self, state: SlotState, handed: Holder | None, limit: int) -> tuple[int, Holder | None]:
+        """Claim candidates in order while slots allow; ``handed``: slots to give away first.
+
+        Returns the tickets issued and the handed slots if nobody took them.
+        """
         issued = 0
-        try:
-            if before is not None:
-                before()
-            while True:
-                # a later pass runs because someone asked for it: read the generation afresh
-                issued += self._pass(current)
-                current = None
-                if self._mutex.release(token):
-                    return issued
-        except BaseException:
-            self._mutex.force_release(token)
-            raise
-
-    def pause(self) -> bool:
-        """Once this returns no pass issues tickets: passes check the switch under the mutex."""
-        paused = self._control.pause()
-        self._mutex.wait_free()
-        return paused
-
-    def capacity(self) -> Capacity:
-        return Capacity.of(self._nodes.alive(), self._store.busy_by_queue())
-
-    def _pass(self, current: object | None = None) -> int:
-        if self._control.paused():
-            return 0
-        capacity = self.capacity()
-        if capacity.free <= 0:
-            return 0
-        issued = 0
-        blocked: set[tuple[str, str]] = set()  # (name, queue) whose slots or queue are full
         stamp = now()
         used: set[object] = set()
-        for doc in self._candidates_for(stamp, current):
-            queue = doc.get("queue") or self._default_queue
-            if (doc["name"], queue) in blocked:
+        for doc in self._candidates_for(stamp, state):
+            if issued >= limit:
+                break
+            if handed is not None and doc["_id"] == handed.job_id:
+                used.add(doc["_id"])  # the finished job itself (a stale entry)
                 continue
-            if not capacity.has_room(queue):
-                blocked.add((doc["name"], queue))
+            if not state.room(holder_of(doc), handed):
                 continue
             used.add(doc["_id"])  # whatever happens next, this entry is spent
             if self._due_inactive(doc, stamp):
                 self._store.inactivate(doc, stamp)
                 continue
-            claim = self._store.claim(doc, stamp, self._settings.ticket_lease)
+            claim = self._store.claim(doc, stamp, self._settings.ticket_lease, handed=handed)
             if claim is Claim.FULL:
-                blocked.add((doc["name"], queue))
-                used.discard(doc["_id"])  # still waiting for a slot
-            elif claim is Claim.TICKET:
-                self._publish(doc, queue)
-                capacity.take(queue)
+                # the snapshot was stale (others took the slots, or the handed ones are gone):
+                # every further try would cost three commands for nothing; the next tick rereads
+                used.discard(doc["_id"])
+                break
+            if claim is Claim.TICKET:
+                handed = None
+                self._publish(doc)
                 issued += 1
-                if capacity.free <= 0:
-                    break
         self._candidates = [doc for doc in self._candidates if doc["_id"] not in used]
-        return issued
+        return issued, handed
+
+    def _candidates_for(self, stamp: datetime, state: SlotState) -> list[Doc]:
+        if not self._fresh(state):
+            began = time.monotonic()
+            self._candidates = self._store.due(stamp, self._settings.dispatch_scan)
+            # a slow scan (a big backlog on a server that reads every match) is repeated less often;
+            # jobs made due out of turn still force a rescan through the generation
+            self._ttl = max(self._settings.candidate_ttl, SLOW_SCAN_FACTOR * (time.monotonic() - began))
+            self._scanned = (state.generation, time.monotonic())
+            self._ranks = dict(state.ranks)
+        return self._candidates
+
+    def _fresh(self, state: SlotState) -> bool:
+        """Reuse the list unless too old, or a job became due that ranks before the next candidate."""
+        generation, scanned_at = self._scanned
+        if time.monotonic() - scanned_at >= self._ttl:
+            return False
+        if generation == state.generation:
+            return True  # an empty list is fresh too: nothing was due and nothing became due out of turn
+        if not self._candidates:
+            return False
+        head = self._candidates[0]
+        return not state.outranks(self._ranks, (bool(head.get("force")), int(head.get("priority") or 0)))
 
     @staticmethod
     def _due_inactive(doc: Doc, stamp: datetime) -> bool:
@@ -152,8 +161,9 @@ class Dispatcher:
         inactive_at = doc.get("inactive_at")
         return doc["state"] == State.DEFERRED.value and inactive_at is not None and inactive_at <= stamp
 
-    def _publish(self, doc: Doc, queue: str) -> None:
-        options: dict[str, Any] = {"task_id": str(doc["_id"]), "queue": queue}
+    def _publish(self, doc: Any) -> None:
+        options: dict[str, Any] = {"task_id": str(doc["_id"]), "queue": holder_of(doc).queue,
+                                   "headers": {TICKET_HEADER: ticket_header(doc)}}
         if doc.get("mid"):  # monitors (Flower) show the mother-child tree
             options["parent_id"] = options["root_id"] = doc["mid"]
         try:
@@ -161,3 +171,20 @@ class Dispatcher:
         except Exception:
             # the registry still says "dispatched": the ticket lease re-issues it
             log.exception("could not publish ticket for job %s; it is re-issued after the lease", doc["_id"])
+
+    # -- upkeep ----------------------------------------------------------------
+    def reconcile(self) -> bool:
+        """Idle worker slots per queue follow the alive workers (one came, went or died)."""
+        return self._store.reconcile(slots_by_queue(self._nodes.alive()))
+
+    def pause(self) -> bool:
+        """Once this returns no slot is taken or handed over: every take checks the switch."""
+        paused = self._control.pause()
+        self._store.pause(True)
+        return paused
+
+    def resume(self) -> bool:
+        resumed = self._control.resume()
+        self._store.pause(False)
+        self.tick()
+        return resumed

@@ -7,6 +7,8 @@ enqueued one except for its lineage (``enqueued.parent_id``) and ``trial``.
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
@@ -69,6 +71,7 @@ class JobDoc(TypedDict, total=False):
     zombie_at: datetime | None
     wall_at: datetime | None
     rev: ObjectId  # written by every transition: tells whether a write whose reply was lost landed
+    slot: ObjectId  # the token of the claim whose slots the job holds (see store/slots.py)
     source_rev: ObjectId | None  # journal copies only: the live rev the copy was built from
     journaled: bool  # set on reads from the journal, never stored
 
@@ -96,6 +99,59 @@ def new_job(
     }
     doc.update(options.as_document())  # type: ignore[typeddict-item]
     return doc
+
+
+# what a ticket carries about its job (a message header), so a run needs no read of its document
+TICKET_HEADER = "core4"
+TICKET_FIELDS = ("trial", "attempts_left", "runtime", "defer_time", "error_time", "progress_interval", "queue",
+                 "max_parallel", "slot")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a job as its process knows it: from the ticket and its own start, without a read."""
+
+    job_id: ObjectId
+    name: str
+    token: ObjectId  # locked.run: guards every ending
+    rev: ObjectId  # the rev the start wrote: the completion deletes only an unchanged job
+    started_at: datetime
+    trial: int  # this run's trial number (1-based)
+    attempts_left: int  # before this run
+    runtime: float  # of the earlier runs
+    defer_time: float
+    error_time: float
+    progress_interval: float
+    queue: str
+    max_parallel: int
+    slot: ObjectId | None = None  # the claim token of the slots this run holds
+    args: dict[str, Any] | None = None  # set when the start had to read the job (a ticket without the header)
+
+    @classmethod
+    def of(cls, fields: Mapping[str, Any], *, job_id: ObjectId, name: str, token: ObjectId, rev: ObjectId,
+           started_at: datetime, trial: int) -> Run:
+        return cls(job_id=job_id, name=name, token=token, rev=rev, started_at=started_at, trial=trial,
+                   attempts_left=int(fields["attempts_left"]), runtime=float(fields.get("runtime") or 0.0),
+                   defer_time=float(fields["defer_time"]), error_time=float(fields["error_time"]),
+                   progress_interval=float(fields["progress_interval"]), queue=str(fields.get("queue") or "celery"),
+                   max_parallel=int(fields["max_parallel"]), slot=_object_id(fields.get("slot")),
+                   args=fields.get("args"))
+
+    def ended(self, stamp: datetime) -> dict[str, Any]:
+        """The fields every ending writes."""
+        runtime = self.runtime + (stamp - self.started_at).total_seconds()
+        return {"finished_at": stamp, "runtime": runtime, "locked": None, "run": self.token}
+
+
+def ticket_header(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the fields, never the arguments (those travel as the ticket's kwargs); JSON-safe."""
+    header = {key: doc.get(key) for key in TICKET_FIELDS}
+    header["slot"] = str(header["slot"]) if header["slot"] is not None else None
+    return header
+
+
+def _object_id(value: Any) -> ObjectId | None:
+    return value if isinstance(value, ObjectId) or value is None else ObjectId(str(value))
 
 
 def lock_of(doc: JobDoc) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -26,9 +26,9 @@ from ..clock import EPOCH, later, now
 from ..errors import JobExists
 from ..events import JobEvents
 from .connection import DISPATCH_INDEX, DISPATCH_ORDER, Connection, Doc, as_object_id
-from .document import JobDoc, lock_of
-from .gates import Gates, Slot
+from .document import TICKET_FIELDS, JobDoc, Run, lock_of
 from .journal import Journal
+from .slots import Holder, Slots, SlotState
 from .states import (
     CLAIM_RESTART,
     DEFER,
@@ -51,9 +51,12 @@ from .states import (
 
 log = logging.getLogger(__name__)
 
-GENERATION = "generation"
-CANDIDATE_FIELDS = {"name": 1, "state": 1, "max_parallel": 1, "inactive_at": 1, "args": 1, "queue": 1, "mid": 1}
-RUN_FIELDS = {"name": 1, "state": 1, "locked": 1, "killed_at": 1, "started_at": 1, "runtime": 1,
+DEFAULT_QUEUE = "celery"  # documents always carry their queue; this is for ones written by hand
+SLOT_GRACE = 30.0  # seconds: a slot holder without a job document may still be being enqueued
+CANDIDATE_FIELDS = {"name": 1, "state": 1, "max_parallel": 1, "inactive_at": 1, "args": 1, "queue": 1, "mid": 1,
+                    "force": 1, "priority": 1,
+                    **dict.fromkeys(TICKET_FIELDS, 1)}
+RUN_FIELDS = {"name": 1, "state": 1, "locked": 1, "killed_at": 1, "started_at": 1, "runtime": 1, "queue": 1, "slot": 1,
               "zombie_time": 1, "wall_time": 1, "zombie_at": 1, "wall_at": 1}
 MOVE_RETRIES = 5
 
@@ -62,8 +65,7 @@ class Claim(Enum):
     """What came of trying to give a due job a ticket."""
 
     TICKET = "ticket"  # slot taken and job marked dispatched: publish its ticket
-    FULL = "full"  # its max_parallel slots are all taken
-    HELD = "held"  # a slot is held for it already (in flight elsewhere)
+    FULL = "full"  # no idle worker slot for its queue, or its max_parallel slots are all taken
     GONE = "gone"  # it is no longer due (started, killed, removed, changed)
 
 
@@ -71,7 +73,7 @@ class JobStore:
     def __init__(self, connection: Connection, events: JobEvents | None = None) -> None:
         self._connection = connection
         self._outage = connection.outage
-        self._gates = Gates(connection)
+        self._slots = Slots(connection)
         self._journal = Journal(connection)
         self._events = events
 
@@ -93,14 +95,12 @@ class JobStore:
         return bool(self._outage.run(lambda: jobs.count_documents({"_id": job_id, "rev": rev}, limit=1), "read"))
 
     def _release(self, doc: Mapping[str, Any]) -> None:
-        self._gates.release(doc["name"], doc["_id"])
+        """The job no longer runs nor waits for its ticket: its slots go back (no-op if it held none)."""
+        self._slots.give(holder_of(doc))
 
-    def _bump(self) -> None:
-        """A job became due out of turn: every dispatcher rescans on its next pass."""
-        control = self._connection.control
-        self._outage.run(
-            lambda: control.update_one({"_id": GENERATION}, {"$inc": {"n": 1}}, upsert=True), "signal a due job"
-        )
+    def _bump(self, rank: tuple[bool, int] | None = None) -> None:
+        """A job became due out of turn: dispatchers rescan when it may rank before their next candidate."""
+        self._slots.bump(rank)
 
     def _event(self, kind: str, job_id: object, **fields: Any) -> None:
         if self._events is not None:
@@ -123,9 +123,8 @@ class JobStore:
     def children(self, mid: str) -> Iterator[JobDoc]:
         return iter(self._connection.jobs.find({"mid": mid}))  # type: ignore[arg-type]
 
-    def generation(self) -> int:
-        doc = self._connection.control.find_one({"_id": GENERATION})
-        return int((doc or {}).get("n", 0))
+    def slots(self) -> SlotState:
+        return self._slots.read()
 
     def due(self, stamp: datetime, limit: int) -> list[Doc]:
         """The next due jobs in dispatch order (force, priority, FIFO)."""
@@ -150,10 +149,15 @@ class JobStore:
         ))
 
     def holders(self, name: str) -> list[ObjectId]:
-        return self._gates.holders(name)
+        return [entry["id"] for entry in self._slots.read().holders.get(name, [])]
 
     # -- enqueue and dispatch --------------------------------------------------
     def enqueue(self, doc: JobDoc) -> None:
+        """A waiting job: dispatchers see it on their next pass."""
+        self._insert(doc)
+        self._bump(None if doc.get("trial") else (bool(doc["force"]), int(doc["priority"])))
+
+    def _insert(self, doc: JobDoc) -> None:
         jobs = self._connection.jobs
         try:
             self._outage.run(lambda: jobs.insert_one(dict(doc)), f"enqueue {doc['name']}")
@@ -163,23 +167,58 @@ class JobStore:
                 pass  # our own insert landed before its reply was lost
             else:
                 raise JobExists(doc["name"], str(other["_id"]) if other else None) from None
-        self._bump()
 
-    def claim(self, doc: Doc, stamp: datetime, ticket_lease: float) -> Claim:
-        """Take the job's slot and mark it dispatched, both or neither."""
-        slot = self._gates.acquire(doc["name"], doc["_id"], doc["max_parallel"])
-        if slot is Slot.FULL:
-            return Claim.FULL
-        if slot is Slot.HELD:
-            return Claim.HELD
-        marked = self._apply(
-            DISPATCH, doc["_id"], {"$set": {"dispatched_until": later(ticket_lease), "query_at": None}},
-            where={"query_at": {"$lte": stamp}, "removed_at": None, "killed_at": None},
-        )
-        if marked:
+    def enqueue_dispatched(self, doc: JobDoc, ticket_lease: float) -> bool:
+        """Enqueue with its ticket's slots taken at once when a worker slot is idle (then True: publish it).
+
+        Otherwise the job is enqueued to wait (False). The slots are taken
+        before the insert, so nobody can take them in between.
+        """
+        token = ObjectId()
+        holder = holder_of(doc, token)
+        if not self._slots.take(holder):
+            self.enqueue(doc)
+            return False
+        doc["slot"] = token
+        try:
+            self._insert({**doc, "dispatched_until": later(ticket_lease), "query_at": None})
+        except BaseException:
+            self._slots.give(holder)
+            raise
+        return True
+
+    def claim(self, doc: Doc, stamp: datetime, ticket_lease: float, handed: Holder | None = None) -> Claim:
+        """Mark the job dispatched and take its slots (or receive ``handed``'s), both or neither.
+
+        The mark comes first: a stale candidate (dispatched by another process
+        meanwhile) costs one failed update and moves no slot.
+        """
+        lease = later(ticket_lease)
+        token = ObjectId()
+        if not self._apply(DISPATCH, doc["_id"], {"$set": {"dispatched_until": lease, "query_at": None, "slot": token}},
+                           where={"query_at": {"$lte": stamp}, "removed_at": None, "killed_at": None}):
+            return Claim.GONE
+        holder = holder_of(doc, token)
+        if self._slots.transfer(handed, holder) if handed is not None else self._slots.take(holder):
+            doc["slot"] = token  # the ticket carries it
             return Claim.TICKET
-        self._release(doc)
-        return Claim.GONE
+        self._apply(REQUEUE, doc["_id"], {"$set": {"query_at": stamp}, "$unset": {"dispatched_until": ""}},
+                    where={"dispatched_until": lease})
+        return Claim.FULL
+
+    def give(self, holder: Holder) -> bool:
+        """A finished run returns its slots (nothing waited for them)."""
+        return self._slots.give(holder)
+
+    def pause(self, paused: bool) -> None:
+        self._slots.pause(paused)
+
+    def reconcile(self, slots: Mapping[str, int]) -> bool:
+        """Idle worker slots = the alive workers' slots of a queue minus the jobs holding one."""
+        state = self._slots.read()
+        held = state.held_by_queue()
+        free = {queue: slots.get(queue, 0) - held.get(queue, 0) for queue in {*slots, *held}}
+        return free == state.free or self._slots.reconcile(free, state.version)
 
     def inactivate(self, doc: Doc, stamp: datetime) -> bool:
         """core4: a deferred job due again after its defer_max window is inactive, not run."""
@@ -193,7 +232,7 @@ class JobStore:
     def requeue_lost(self, stamp: datetime) -> int:
         """A ticket whose job did not start within the lease was lost with its worker."""
         lost = list(self._connection.jobs.find(
-            {"dispatched_until": {"$gt": EPOCH, "$lt": stamp}}, {"name": 1, "dispatched_until": 1}
+            {"dispatched_until": {"$gt": EPOCH, "$lt": stamp}}, {"name": 1, "dispatched_until": 1, "queue": 1, "slot": 1}
         ))
         count = 0
         for doc in lost:
@@ -207,12 +246,18 @@ class JobStore:
         return count
 
     # -- one run ---------------------------------------------------------------
-    def start(self, job_id: ObjectId, locked: dict[str, Any]) -> JobDoc | None:
-        """dispatched → running in one guarded update; None when the ticket is stale or a duplicate."""
+    def start(self, job_id: ObjectId, name: str, locked: dict[str, Any], ticket: Mapping[str, Any] | None) -> Run | None:
+        """dispatched → running in one guarded update; None when the ticket is stale or a duplicate.
+
+        A ticket that carries the job's fields (header ``core4``) saves the read:
+        the guard on ``trial`` proves they are the document's.
+        """
         stamp = locked["at"]
         rev = ObjectId()
-        guard = {"_id": job_id, **START.filter(), "dispatched_until": {"$gt": EPOCH},
-                 "removed_at": None, "killed_at": None}
+        guard: dict[str, Any] = {"_id": job_id, **START.filter(), "dispatched_until": {"$gt": EPOCH},
+                                 "removed_at": None, "killed_at": None}
+        if ticket is not None:
+            guard["trial"] = ticket["trial"]
         update: list[dict[str, Any]] = [
             {"$set": {
                 "state": State.RUNNING.value, "rev": rev, "started_at": stamp, "locked": {"$literal": locked},
@@ -227,34 +272,44 @@ class JobStore:
         attempt = self._outage.call(lambda: jobs.update_one(guard, update), f"start job {job_id}")
         if not (attempt.value.matched_count or (attempt.retried and self._landed(job_id, rev))):
             return None
-        return self._outage.run(lambda: jobs.find_one({"_id": job_id}), f"read job {job_id}")  # type: ignore[return-value]
+        fields: Mapping[str, Any] | None = ticket
+        if fields is None:
+            fields = self._outage.run(lambda: jobs.find_one({"_id": job_id}), f"read job {job_id}")
+            if fields is None:
+                return None
+            fields = {**fields, "trial": fields["trial"] - 1}
+        return Run.of(fields, job_id=job_id, name=name, token=locked["run"], rev=rev, started_at=stamp,
+                      trial=int(fields["trial"]) + 1)
 
-    @staticmethod
-    def _ended(doc: JobDoc, stamp: datetime) -> dict[str, Any]:
-        runtime = float(doc.get("runtime") or 0.0) + (stamp - doc["started_at"]).total_seconds()  # type: ignore[operator]
-        return {"finished_at": stamp, "runtime": runtime, "locked": None, "run": doc["locked"]["run"]}  # type: ignore[index]
-
-    def complete(self, doc: JobDoc, result: Any, stamp: datetime) -> bool:
+    def complete(self, run: Run, result: Any, stamp: datetime) -> bool:
         """Journal the final copy, then delete the live document; False if the run had lost its job.
 
-        Fast path: two commands, when nothing wrote the job since it started.
-        A copy whose delete did not happen is recognised by recovery (a journal
-        copy of the running run) and finished there.
+        Fast path, two commands: the server copies the job into the journal
+        (``$merge``) only if it is unchanged since the start, and the delete is
+        guarded the same way. A copy whose delete did not happen is recognised
+        by recovery (a journal copy of the running run) and finished there.
         """
-        fields = {**self._ended(doc, stamp), "state": State.COMPLETE.value, "result": result,
-                  "prog": {"value": 1.0, "message": ""}, "attempts_left": doc["attempts_left"] - 1}
-        live: JobDoc = doc
+        fields = {**run.ended(stamp), "state": State.COMPLETE.value, "result": result,
+                  "prog": {"value": 1.0, "message": ""}, "attempts_left": run.attempts_left - 1}
+        rev = ObjectId()
+        copied = self._journal.copy_live({"_id": run.job_id, "rev": run.rev}, {**fields, "rev": rev, "source_rev": run.rev})
+        if copied or self._journal.holds(run.job_id, rev):  # (ours, if a retry met its own first attempt)
+            if self._delete(run.job_id, {"rev": run.rev}):
+                return True
+        return self._complete_changed(run, fields, rev)
+
+    def _complete_changed(self, run: Run, fields: dict[str, Any], rev: ObjectId) -> bool:
+        """The job was written during the run (flags, a request): carry that into the journal copy."""
         for _ in range(MOVE_RETRIES):
-            final: JobDoc = {**live, **fields, "rev": ObjectId(), "source_rev": live.get("rev")}  # type: ignore[typeddict-item]
+            live = self._running(run)
+            if live is None:
+                return self._settle_lost_move(run.job_id, rev)
+            rev = ObjectId()
+            final: JobDoc = {**live, **fields, "rev": rev, "source_rev": live.get("rev")}  # type: ignore[typeddict-item]
             if not self._journal.propose(final):
                 return False
-            if self._delete(doc["_id"], {"rev": live.get("rev")}):
-                self._release(doc)
+            if self._delete(run.job_id, {"rev": live.get("rev")}):
                 return True
-            current = self._running(doc)
-            if current is None:
-                return self._settle_lost_move(doc["_id"], final["rev"])
-            live = current  # flags or a request changed it: carry them into the journal
         return False
 
     def _settle_lost_move(self, job_id: ObjectId, rev: ObjectId) -> bool:
@@ -269,12 +324,11 @@ class JobStore:
             return False
         return self._journal.holds(job_id, rev)
 
-    def _running(self, doc: JobDoc) -> JobDoc | None:
+    def _running(self, run: Run) -> JobDoc | None:
         jobs = self._connection.jobs
-        run = doc["locked"]["run"]  # type: ignore[index]
         return self._outage.run(  # type: ignore[return-value]
-            lambda: jobs.find_one({"_id": doc["_id"], "state": State.RUNNING.value, "locked.run": run}),
-            f"read job {doc['_id']}",
+            lambda: jobs.find_one({"_id": run.job_id, "state": State.RUNNING.value, "locked.run": run.token}),
+            f"read job {run.job_id}",
         )
 
     def _delete(self, job_id: ObjectId, where: Mapping[str, Any]) -> bool:
@@ -287,39 +341,37 @@ class JobStore:
             lambda: jobs.count_documents({"_id": job_id}, limit=1), "read"
         )
 
-    def defer(self, doc: JobDoc, stamp: datetime, message: str) -> datetime | None:
+    def defer(self, run: Run, stamp: datetime, message: str) -> datetime | None:
         """running → deferred; the due time, or None when the run had lost its job."""
-        query_at = later(doc["defer_time"], stamp)
+        query_at = later(run.defer_time, stamp)
         error = {"exception": f"JobDeferred({message!r})", "traceback": None, "at": stamp}
-        fields = {**self._ended(doc, stamp), "query_at": query_at, "last_error": error}
-        return query_at if self._end_run(DEFER, doc, fields) else None
+        fields = {**run.ended(stamp), "query_at": query_at, "last_error": error}
+        return query_at if self._end_run(DEFER, run, fields) else None
 
-    def fail(self, doc: JobDoc, error: dict[str, Any], stamp: datetime) -> State | None:
+    def fail(self, run: Run, error: dict[str, Any], stamp: datetime) -> State | None:
         """running → failed (attempts left, due after error_time) or error; None when the run lost its job."""
-        left = doc["attempts_left"] - 1
-        fields: dict[str, Any] = {**self._ended(doc, stamp), "attempts_left": left, "last_error": error}
+        left = run.attempts_left - 1
+        fields: dict[str, Any] = {**run.ended(stamp), "attempts_left": left, "last_error": error}
         if left > 0:
-            fields["query_at"] = later(doc["error_time"], stamp)
+            fields["query_at"] = later(run.error_time, stamp)
         transition = FAIL if left > 0 else ERROR
-        return transition.target if self._end_run(transition, doc, fields) else None
+        return transition.target if self._end_run(transition, run, fields) else None
 
-    def _end_run(self, transition: Transition, doc: JobDoc, fields: dict[str, Any]) -> bool:
+    def _end_run(self, transition: Transition, run: Run, fields: dict[str, Any]) -> bool:
         """A kill requested during the run wins over its deferral or failure."""
-        run = doc["locked"]["run"]  # type: ignore[index]
-        if self._apply(transition, doc["_id"], {"$set": fields}, where={"locked.run": run, "killed_at": None}):
-            self._release(doc)
+        if self._apply(transition, run.job_id, {"$set": fields}, where={"locked.run": run.token, "killed_at": None}):
             return True
-        current = self._running(doc)
+        current = self._running(run)
         if current is not None and current.get("killed_at"):
             self.kill(current, "killed on request")  # the ending is overruled: the caller reports nothing
         return False
 
-    def progress(self, doc: JobDoc, value: float, message: str | None) -> None:
+    def progress(self, run: Run, value: float, message: str | None) -> None:
         """Not a transition (no rev): frequent, and doubles as the run's heartbeat."""
         jobs = self._connection.jobs
-        guard = {"_id": doc["_id"], "locked.run": doc["locked"]["run"]}  # type: ignore[index]
+        guard = {"_id": run.job_id, "locked.run": run.token}
         update = {"$set": {"prog": {"value": float(value), "message": message}, "locked.heartbeat": now()}}
-        self._outage.run(lambda: jobs.update_one(guard, update), f"progress of job {doc['_id']}")
+        self._outage.run(lambda: jobs.update_one(guard, update), f"progress of job {run.job_id}")
 
     # -- care of running jobs --------------------------------------------------
     def renew(self, worker_id: str, job_ids: list[ObjectId], lease: float) -> None:
@@ -376,6 +428,10 @@ class JobStore:
             "locked": None, "query_at": None, "killed_at": doc.get("killed_at") or stamp,
             "last_error": {"exception": f"JobKilled({reason!r})", "traceback": None, "at": stamp},
         }
+        run = lock_of(doc).get("run")
+        if doc["state"] == State.RUNNING.value and run is not None and self._journal.copy_of_run(doc["_id"], run):
+            self._finish_completion(doc, run)  # it completed; only the delete was missing
+            return False
         if doc["state"] == State.RUNNING.value:
             started = doc.get("started_at")
             if started is not None:
@@ -447,16 +503,37 @@ class JobStore:
             return None
         return self._archive(job_id, {"enqueued.child_id": child_id})
 
-    def repair_gates(self) -> int:
-        """Free slots whose holder is neither dispatched nor running (call under the dispatch mutex)."""
+    def repair_slots(self) -> int:
+        """Free slots whose claim is over: its job neither holds a ticket nor runs under that claim.
+
+        A claim younger than ``SLOT_GRACE`` may be mid-enqueue (slots are taken
+        before the job's insert), and a run that ended less than ``SLOT_GRACE``
+        ago is handing its slots over right now: both are left alone.
+        """
+        cutoff = now() - timedelta(seconds=SLOT_GRACE)
         freed = 0
-        jobs = self._connection.jobs
-        for gate in self._gates.all():
-            for holder in gate.get("holders", []):
-                doc = jobs.find_one({"_id": holder}, {"state": 1, "dispatched_until": 1})
-                if doc and (doc["state"] == State.RUNNING.value or doc.get("dispatched_until")):
-                    continue
-                self._gates.release(gate["_id"], holder)
-                freed += 1
+        for name, held in self._slots.read().holders.items():
+            for entry in held:
+                if not self._claim_in_use(entry, cutoff):
+                    freed += self._slots.drop(name, entry)
         return freed
 
+    def _claim_in_use(self, entry: Doc, cutoff: datetime) -> bool:
+        token = entry.get("t")
+        if token is not None and token.generation_time.replace(tzinfo=None) > cutoff:
+            return True
+        fields = {"state": 1, "dispatched_until": 1, "slot": 1, "finished_at": 1}
+        doc = self._connection.jobs.find_one({"_id": entry["id"]}, fields) or self._journal.find(entry["id"])
+        if doc is None:
+            return False
+        waiting_or_running = doc.get("state") == State.RUNNING.value or bool(doc.get("dispatched_until"))
+        if waiting_or_running and doc.get("slot") == token:
+            return True
+        finished = doc.get("finished_at")
+        return finished is not None and finished > cutoff
+
+
+def holder_of(doc: Mapping[str, Any], token: ObjectId | None = None) -> Holder:
+    """The job as a slot holder; ``token`` names a new claim (default: the claim its document records)."""
+    return Holder(job_id=doc["_id"], name=doc["name"], queue=doc.get("queue") or DEFAULT_QUEUE,
+                  limit=int(doc.get("max_parallel") or 1), token=token or doc.get("slot"))

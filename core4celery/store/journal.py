@@ -10,6 +10,9 @@ completes the move (deletes the live document) or takes the copy back.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
@@ -58,6 +61,25 @@ class Journal:
         jobs = self._connection.jobs
         live = self._connection.outage.run(lambda: jobs.find_one({"_id": job_id}, {"rev": 1}), "read a live job")
         return False if live is None else live.get("rev")
+
+    def copy_live(self, match: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+        """The server copies the live job matching ``match`` into the journal, with ``fields`` set.
+
+        False when a copy exists already (the caller then proposes a full
+        document). Whether ``match`` matched shows in the caller's guarded
+        delete: the job's rev only moves forward.
+        """
+        jobs = self._connection.jobs
+        pipeline = [
+            {"$match": dict(match)},
+            {"$set": {key: {"$literal": value} for key, value in fields.items()}},
+            {"$merge": {"into": self._connection.journal.name, "whenMatched": "fail", "whenNotMatched": "insert"}},
+        ]
+        try:
+            self._connection.outage.run(lambda: list(jobs.aggregate(pipeline)), f"journal job {match['_id']}")
+        except DuplicateKeyError:
+            return False
+        return True
 
     def holds(self, job_id: ObjectId, rev: ObjectId | None) -> bool:
         """Is the journal copy of this job the one written by the move named ``rev``?"""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -24,10 +24,12 @@ from celery.utils.log import get_task_logger
 from ..clock import later, now
 from ..errors import InvalidArguments, RegistryUnavailable
 from ..events import JobEvents
+from ..metrics import code_path
 from ..signals import JobDeferred
 from ..store.connection import as_object_id
-from ..store.document import JobDoc
+from ..store.document import Run
 from ..store.jobs import JobStore
+from ..store.slots import Holder
 from ..store.states import State
 from ..store.values import check_json, check_storable
 
@@ -35,42 +37,46 @@ log = get_task_logger("core4celery.job")
 
 
 class JobRun:
-    def __init__(self, store: JobStore, events: JobEvents, job_id: str, worker_id: str, hostname: str,
-                 run_lease: float, after_end: Callable[[], object]) -> None:
+    def __init__(self, store: JobStore, events: JobEvents, job_id: str, name: str, worker_id: str, hostname: str,
+                 run_lease: float, after_end: Callable[[Holder], object]) -> None:
         self._store = store
         self._events = events
         self.oid = as_object_id(job_id)
         self.job_id = str(self.oid)
+        self.name = name
         self._worker_id = worker_id
         self._hostname = hostname
         self._run_lease = run_lease
         self._after_end = after_end
-        self.doc: JobDoc = {}
+        self.run: Run | None = None
         self._next_progress = 0.0
 
     @property
     def trial(self) -> int:
-        return int(self.doc.get("trial", 0))
+        return self.run.trial if self.run else 0
 
-    def start(self) -> bool:
+    def start(self, ticket: Mapping[str, Any] | None) -> bool:
         """dispatched → running; False when the ticket is stale or a duplicate."""
         stamp = now()
         locked = {
             "worker": self._worker_id, "hostname": self._hostname, "pid": os.getpid(), "run": ObjectId(),
             "at": stamp, "heartbeat": stamp, "lease_until": later(self._run_lease, stamp),
         }
-        doc = self._store.start(self.oid, locked)
-        if doc is None:
+        with code_path("start"):
+            self.run = self._store.start(self.oid, self.name, locked, ticket)
+        if self.run is None:
             return False
-        self.doc = doc
-        log.info("start execution of %s [%s] trial %d", doc["name"], self.job_id, self.trial)
+        log.info("start execution of %s [%s] trial %d", self.name, self.job_id, self.trial)
         return True
 
-    def execute(self, body: Callable[..., Any]) -> Any:
-        if not self.start():
+    def execute(self, body: Callable[..., Any], arguments: dict[str, Any], ticket: Mapping[str, Any] | None) -> Any:
+        """``arguments`` are the ticket's; the start's guard proves they are the job's."""
+        if not self.start(ticket):
             raise Ignore()
+        if self._run.args is not None:
+            arguments = self._run.args
         try:
-            result = body(**self.doc.get("args", {}))
+            result = body(**arguments)
             check_json(result, "result")
         except JobDeferred as signal:
             self._ending(partial(self._defer, signal))
@@ -81,51 +87,67 @@ class JobRun:
             return result
 
     def _ending(self, write: Callable[[], None]) -> None:
-        """An ending that cannot be written within outage_timeout is left to lease recovery."""
+        """An ending that cannot be written within outage_timeout is left to lease recovery.
+
+        Only an ending that was written hands the run's slots on: a run that lost
+        its job (recovered, killed) no longer owns them.
+        """
         try:
-            write()
+            with code_path("finish"):
+                write()
         except RegistryUnavailable as exc:
             log.error("job %s: could not record the end of its run (%s); it is recovered after its lease",
                       self.job_id, exc)
             raise Ignore() from None
-        finally:
-            self._after_end()
+        except Ignore:
+            raise
+        except BaseException:  # Retry (deferred, failed) or the job's exception (error): the ending was written
+            self._hand_over()
+            raise
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        run = self._run
+        self._after_end(Holder(job_id=run.job_id, name=run.name, queue=run.queue, limit=run.max_parallel,
+                               token=run.slot))
+
+    @property
+    def _run(self) -> Run:
+        assert self.run is not None, "a run ends only after it started"
+        return self.run
 
     def _seconds(self, stamp: datetime) -> int:
-        return int((stamp - self.doc["started_at"]).total_seconds())  # type: ignore[operator]
+        return int((stamp - self._run.started_at).total_seconds())
 
     def _complete(self, result: Any) -> None:
         stamp = now()
-        if not self._store.complete(self.doc, result, stamp):
+        if not self._store.complete(self._run, result, stamp):
             log.warning("job %s lost its lease before completing; result dropped", self.job_id)
             raise Ignore()
         log.info("done execution with [complete] after [%d] sec.", self._seconds(stamp))
 
     def _defer(self, signal: JobDeferred) -> None:
         stamp = now()
-        query_at = self._store.defer(self.doc, stamp, signal.message)
+        query_at = self._store.defer(self._run, stamp, signal.message)
         if query_at is None:
             raise Ignore()
-        log.info(
-            "done execution with [deferred] after [%d] sec. and [%s] to go: %s",
-            self._seconds(stamp), self.doc["inactive_at"] - stamp, signal.message,
-        )
+        log.info("done execution with [deferred] after [%d] sec.: %s", self._seconds(stamp), signal.message)
         raise Retry(f"deferred: {signal.message}", when=query_at)
 
     def _fail(self, exc: Exception) -> None:
         stamp = now()
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
         error = {"exception": repr(exc), "traceback": lines, "at": stamp}
-        state = self._store.fail(self.doc, error, stamp)
+        state = self._store.fail(self._run, error, stamp)
         if state is None:
             raise Ignore()
-        left = self.doc["attempts_left"] - 1
+        left = self._run.attempts_left - 1
         log.critical(
             "done execution with [%s] after [%d] sec. and [%d] attempts to go: %r",
             state, self._seconds(stamp), left, exc,
         )
         if state is State.FAILED:
-            raise Retry(exc=exc, when=later(self.doc["error_time"], stamp))
+            raise Retry(exc=exc, when=later(self._run.error_time, stamp))
         raise exc
 
     def progress(self, value: float, message: str | None, force: bool) -> bool:
@@ -139,8 +161,9 @@ class JobRun:
         clock = time.monotonic()
         if not force and clock < self._next_progress:
             return False
-        self._next_progress = clock + float(self.doc["progress_interval"])
-        self._store.progress(self.doc, value, message)
+        self._next_progress = clock + self._run.progress_interval
+        with code_path("progress"):
+            self._store.progress(self._run, value, message)
         log.debug("progress [%d%%] - %s", round(value * 100), message or "")
         self._events.send("progress", self.oid, progress=float(value),
                           result=f"{value:.0%} {message or ''}".rstrip())

@@ -20,6 +20,7 @@ from pymongo.errors import ConnectionFailure
 
 from ..clock import now
 from ..errors import RegistryUnavailable
+from ..metrics import code_path
 from .housekeeping import Housekeeping
 from .node import Node
 
@@ -49,7 +50,7 @@ class Ticker(threading.Thread):
                     next_beat = time.monotonic() + settings.heartbeat_interval
                     self.beat()
                 if not self.draining.is_set():
-                    self.core4.dispatcher.run(before=self.core4.store.repair_gates if beat else None)
+                    self.core4.dispatcher.tick()
             except (ConnectionFailure, RegistryUnavailable) as exc:
                 self.core4.outage.note()
                 log.warning("core4celery housekeeping: MongoDB unreachable (%s); retrying", type(exc).__name__)
@@ -58,16 +59,22 @@ class Ticker(threading.Thread):
             self.stopping.wait(settings.dispatch_interval)
 
     def beat(self) -> None:
+        with code_path("housekeeping"):
+            self._beat()
+
+    def _beat(self) -> None:
         ident = self.identity
         draining = self.draining.is_set()
         self.core4.nodes.beat(ident["worker_id"], ident["hostname"], ident["concurrency"], ident["queues"](),
                               ident["started_at"], draining)
         self.node.tend()
         self.housekeeping.round()
+        self.core4.store.repair_slots()
+        self.core4.dispatcher.reconcile()
         if not draining and self.core4.control.halt_requested(ident["started_at"]):
             log.warning("core4celery halt requested: finishing running jobs, then exiting")
             self.draining.set()
-            self.beat()
+            self._beat()
             os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown waits for running jobs
 
 

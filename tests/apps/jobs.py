@@ -22,7 +22,6 @@ FAST = {
     "core4celery_ticket_lease": 4.0,
     "core4celery_run_lease": 4.0,
     "core4celery_dispatch_interval": 0.1,
-    "core4celery_dispatch_lease": 2.0,
     "core4celery_outage_timeout": 5.0,
 }
 

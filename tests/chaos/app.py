@@ -40,7 +40,6 @@ FAST = {
     "core4celery_ticket_lease": 4.0,
     "core4celery_run_lease": 4.0,
     "core4celery_dispatch_interval": 0.1,
-    "core4celery_dispatch_lease": 2.0,
 }
 
 GATED_MAX_PARALLEL = 3

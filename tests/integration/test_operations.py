@@ -135,10 +135,10 @@ def test_remove_in_each_state(cluster: Cluster) -> None:
     core4 = cluster.core4
     deferred = core4.enqueue("t.defer_then", times=5, defer_time=60)
     error = core4.enqueue("t.flaky", fail_times=5)
-    running = core4.enqueue("t.silent", seconds=2)
+    running = core4.enqueue("t.silent", seconds=8)  # still running when the error job has used its attempts
+    cluster.wait_state(running, "running")
     cluster.wait_state(deferred, "deferred")
     cluster.wait_state(error, "error")
-    cluster.wait_state(running, "running")
     core4.pause()
     pending = core4.enqueue("t.square", n=7)
     for job_id, state in ((pending, "pending"), (deferred, "deferred"), (error, "error")):

@@ -90,7 +90,6 @@ def test_lost_ticket_is_reissued(cluster: Cluster) -> None:
     os.killpg(first.pid, signal.SIGSTOP)  # frozen: still counted alive for worker_timeout
     job_id = cluster.core4.enqueue("t.record", tag="lost")
     ticket = cluster.core4.connection.db["messages"]
-    # the frozen worker may hold the dispatch mutex: this process dispatches once its lease ends
     wait_for(lambda: cluster.core4.dispatch() or ticket.count_documents({}) >= 1, 20, what="ticket in the broker")
     ticket.delete_many({})  # what a worker does when it fetches a message
     first.kill9()

@@ -4,10 +4,17 @@ Every test gets a fresh database on the session's SecantusDB (``db_url``) and
 builds ``Settings`` → ``Connection`` → ``JobStore`` itself, the way a worker
 process does. Helpers that drive a job to a given state use only the store's
 public transitions, so a broken transition fails the tests that need it.
+
+Worker slots come from ``JobStore.reconcile`` (as if alive workers had them):
+each test starts with ``CAPACITY`` idle slots on the default queue, and after
+it the slots document must still account for every one of them (idle + held =
+the workers' slots, per queue). Endings of a run do not free its slots; the
+finishing process gives them (``Registry.give``) or hands them over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -22,11 +29,15 @@ from core4celery.clock import later, now
 from core4celery.config.options import JobOptions
 from core4celery.config.settings import Settings, database_of
 from core4celery.store.connection import Connection
-from core4celery.store.document import new_job
-from core4celery.store.jobs import Claim, JobStore
+from core4celery.store.document import Run, new_job, ticket_header
+from core4celery.store.jobs import DEFAULT_QUEUE, Claim, JobStore
+from core4celery.store.journal import Journal
+from core4celery.store.slots import SLOTS, Holder, SlotState
+from core4celery.store.states import State
 
 TICKET_LEASE = 30.0
 RUN_LEASE = 15.0
+CAPACITY = 50  # idle worker slots of the default queue each test starts with
 _serial = itertools.count()
 
 # A job document as the tests hold it. JobStore takes some as ``JobDoc`` (a TypedDict) and some as ``Doc``
@@ -39,11 +50,17 @@ class CommandHook(monitoring.CommandListener):
     """Run an action in the middle of a store method: right after one of its commands is acknowledged.
 
     pymongo calls listeners synchronously in the thread that issued the command,
-    so an action armed for ``insert`` into the journal runs after the server
-    applied the insert and before the store method sees the reply — the exact
-    window between two commands of a transition. Only commands issued by the
-    arming thread match; the action's own commands (from another client, or
-    the same thread) do not re-trigger it because it is disarmed first.
+    so an action armed for ``aggregate`` on the jobs collection (the completion's
+    server-side ``$merge`` into the journal) runs after the server applied it and
+    before the store method sees the reply — the exact window between two
+    commands of a transition. Only commands issued by the arming thread match;
+    the action's own commands (from another client, or the same thread) do not
+    re-trigger it because it is disarmed first — but they can match another
+    armed entry, so a second window of the same thread is armed from inside
+    the first one's action.
+
+    ``record()`` lists the commands the calling thread issues meanwhile, as
+    ``(command, collection)``: how many round trips a hot path costs.
     """
 
     def __init__(self) -> None:
@@ -52,6 +69,18 @@ class CommandHook(monitoring.CommandListener):
         self._pending: dict[tuple[int, object], Callable[[], object]] = {}
         self.errors: list[BaseException] = []
         self.fired = 0
+        self._recording: dict[int, list[tuple[str, object]]] = {}
+
+    @contextlib.contextmanager
+    def record(self) -> Iterator[list[tuple[str, object]]]:
+        seen: list[tuple[str, object]] = []
+        with self._lock:
+            self._recording[threading.get_ident()] = seen
+        try:
+            yield seen
+        finally:
+            with self._lock:
+                self._recording.pop(threading.get_ident(), None)
 
     def arm(self, command: str, collection: str, action: Callable[[], object]) -> None:
         with self._lock:
@@ -61,12 +90,16 @@ class CommandHook(monitoring.CommandListener):
         with self._lock:
             self._armed.clear()
             self._pending.clear()
+            self._recording.clear()
             self.errors.clear()
             self.fired = 0
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         target = event.command.get(event.command_name)
         with self._lock:
+            seen = self._recording.get(threading.get_ident())
+            if seen is not None:
+                seen.append((event.command_name, target))
             for entry in self._armed:
                 thread, command, collection, action = entry
                 if thread == threading.get_ident() and command == event.command_name and target == collection:
@@ -109,12 +142,25 @@ def settings_for(url: str, **values: Any) -> Settings:
     return Settings(mongodb_url=url, database=database_of(url), **values)
 
 
+def untokened(entries: list[Any]) -> list[dict[str, Any]]:
+    """Holder entries without their claim tokens (random per claim), for comparing with expected ones."""
+    return [{key: value for key, value in entry.items() if key != "t"} for entry in entries]
+
+
+def holder_of_run(run: Run) -> Holder:
+    """The slots a finished run hands on (what the worker passes to ``Dispatcher.hand_over``)."""
+    return Holder(job_id=run.job_id, name=run.name, queue=run.queue, limit=run.max_parallel, token=run.slot)
+
+
 class Registry:
     """One process's view of the registry: its own client, a JobStore over it, raw reads for assertions."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.connection = Connection(settings)
         self.store = JobStore(self.connection)
+        # alive worker slots per queue as last reconciled; the slots document must account for each of them
+        self.capacity: dict[str, int] | None = None
 
     def close(self) -> None:
         self.connection.db.client.close()
@@ -130,38 +176,96 @@ class Registry:
     def journal_count(self, job_id: ObjectId) -> int:
         return self.connection.journal.count_documents({"_id": job_id})
 
+    # the slots document -----------------------------------------------------------
+    def slots(self) -> SlotState:
+        return self.store.slots()
+
+    def raw_slots(self) -> Job:
+        """The slots document as stored (names encoded with ``field_key``)."""
+        return self.connection.gates.find_one({"_id": SLOTS})
+
+    def tokens(self, name: str) -> list[Any]:
+        """The claim tokens of the holders of ``name``."""
+        return [entry.get("t") for entry in self.slots().holders.get(name, [])]
+
     def holders(self, name: str) -> list[ObjectId]:
-        gate = self.connection.gates.find_one({"_id": name})
-        return list(gate["holders"]) if gate else []
+        """The jobs holding a slot of ``name``, in the order they took it."""
+        return [entry["id"] for entry in self.slots().holders.get(name, [])]
+
+    def free(self, queue: str = DEFAULT_QUEUE) -> int:
+        return self.slots().free.get(queue, 0)
 
     def generation(self) -> int:
-        return self.store.generation()
+        return self.slots().generation
+
+    def provide(self, slots: dict[str, int]) -> None:
+        """Alive workers with these slots per queue: idle slots = slots - holders (what reconcile computes)."""
+        assert self.store.reconcile(slots)
+        self.capacity = dict(slots)
+        self.check_slots()
+
+    def check_slots(self) -> None:
+        """No slot leaked or counted twice: per queue, idle + held = the workers' slots; no job holds twice."""
+        assert self.capacity is not None
+        state = self.slots()
+        held = state.held_by_queue()
+        for queue in {*self.capacity, *held, *state.free}:
+            assert state.free.get(queue, 0) + held.get(queue, 0) == self.capacity.get(queue, 0), (queue, state)
+        ids = [entry["id"] for entries in state.holders.values() for entry in entries]
+        assert len(ids) == len(set(ids)), state.holders
+
+    def give(self, run: Run) -> bool:
+        """The finishing process returns the run's slots (nothing waits for them)."""
+        return self.store.give(holder_of_run(run))
 
     # drive a job through the store's own transitions ---------------------------
-    def enqueue(self, name: str = "job", args: dict[str, Any] | None = None, **options: Any) -> Job:
-        doc = new_job(name, {"n": next(_serial)} if args is None else args, JobOptions(**options), query_at=now())
+    def enqueue(self, name: str = "job", args: dict[str, Any] | None = None, queue: str | None = None,
+                **options: Any) -> Job:
+        doc = new_job(name, {"n": next(_serial)} if args is None else args, JobOptions(**options), query_at=now(),
+                      queue=queue)
         self.store.enqueue(doc)
         return doc
 
-    def dispatched(self, name: str = "job", **options: Any) -> Job:
-        doc = self.enqueue(name, **options)
+    def dispatched(self, name: str = "job", args: dict[str, Any] | None = None, queue: str | None = None,
+                   **options: Any) -> Job:
+        doc = self.enqueue(name, args, queue=queue, **options)
         assert self.store.claim(doc, now(), TICKET_LEASE) is Claim.TICKET
         return doc
 
-    def running(self, name: str = "job", worker: str = "w1", **options: Any) -> Job:
-        doc = self.dispatched(name, **options)
-        started = self.store.start(doc["_id"], lock(worker))
-        assert started is not None
-        return started
+    def start(self, doc: Job, worker: str = "w1") -> Run:
+        """The ticket of a dispatched job arrives: start it with the fields the ticket carries."""
+        live = self.live(doc["_id"])
+        assert live is not None
+        run = self.store.start(doc["_id"], doc["name"], lock(worker), ticket_header(live))
+        assert run is not None
+        return run
 
-    def claim_and_start(self, doc: Job, worker: str = "w1") -> Job:
+    def running(self, name: str = "job", worker: str = "w1", queue: str | None = None,
+                **options: Any) -> tuple[Job, Run]:
+        """A started job: (its live document, the run as its process knows it)."""
+        doc = self.dispatched(name, None, queue=queue, **options)
+        run = self.start(doc, worker)
+        return self.live(doc["_id"]), run
+
+    def claim_and_start(self, doc: Job, worker: str = "w1") -> tuple[Job, Run]:
         """Due again (deferred, failed, recovered): a new ticket and a new run."""
         live = self.live(doc["_id"])
         assert live is not None
         assert self.store.claim(live, later(1), TICKET_LEASE) is Claim.TICKET
-        started = self.store.start(doc["_id"], lock(worker))
-        assert started is not None
-        return started
+        run = self.start(live, worker)
+        return self.live(doc["_id"]), run
+
+
+def cut_short_completion(reg: Registry, run: Run, result: object) -> ObjectId:
+    """What JobStore.complete leaves when its process dies after the server-side journal copy, before the delete."""
+    stamp = now()
+    rev = ObjectId()
+    fields = {**run.ended(stamp), "state": State.COMPLETE.value, "result": result,
+              "prog": {"value": 1.0, "message": ""}, "attempts_left": run.attempts_left - 1,
+              "rev": rev, "source_rev": run.rev}
+    assert Journal(reg.connection).copy_live({"_id": run.job_id, "rev": run.rev}, fields)
+    assert reg.journal_count(run.job_id) == 1
+    return rev
 
 
 def lock(worker: str = "w1", run_lease: float = RUN_LEASE) -> dict[str, Any]:
@@ -192,10 +296,14 @@ def registries(settings: Settings) -> Iterator[Callable[[], Registry]]:
 
 
 @pytest.fixture
-def reg(registries: Callable[[], Registry]) -> Registry:
+def reg(registries: Callable[[], Registry]) -> Iterator[Registry]:
+    """The test's registry, with CAPACITY idle worker slots on the default queue; the slots are checked after."""
     registry = registries()
     registry.connection.ensure_indexes()
-    return registry
+    registry.provide({DEFAULT_QUEUE: CAPACITY})
+    yield registry
+    if registry.capacity is not None:  # a test that breaks the accounting on purpose sets it to None
+        registry.check_slots()
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from .conftest import RUN_LEASE, CommandHook, Registry, settings_for
 pytestmark = pytest.mark.slow
 
 SERVER_SELECTION = 5.0  # Connection's serverSelectionTimeoutMS: an outage shorter than this is one blocked command
+SLOTS = 4  # idle worker slots of the default queue
 
 
 class DiskServer:
@@ -73,6 +74,8 @@ def make_registry() -> Iterator[Any]:
     def make(url: str, outage_timeout: float) -> Registry:
         registry = Registry(settings_for(url, outage_timeout=outage_timeout))
         made.append(registry)
+        registry.connection.ensure_indexes()
+        registry.provide({"celery": SLOTS})
         return registry
 
     yield make
@@ -83,16 +86,15 @@ def make_registry() -> Iterator[Any]:
 @pytest.mark.parametrize("down", [2.5, SERVER_SELECTION + 1.5], ids=["within-server-selection", "retried"])
 def test_completion_rides_out_a_server_restart(server: DiskServer, make_registry: Any, down: float) -> None:
     reg: Registry = make_registry(server.url, 20.0)
-    reg.connection.ensure_indexes()
-    witness = reg.running("outage", max_parallel=2)
-    doc = reg.running("outage", max_parallel=2)
+    witness, _ = reg.running("outage", max_parallel=2)
+    doc, run = reg.running("outage", max_parallel=2)
 
     server.kill()
     outcome: dict[str, Any] = {}
 
     def finish() -> None:
         try:
-            outcome["completed"] = reg.store.complete(doc, {"survived": True}, now())
+            outcome["completed"] = reg.store.complete(run, {"survived": True}, now())
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -113,8 +115,11 @@ def test_completion_rides_out_a_server_restart(server: DiskServer, make_registry
     assert reg.journal_count(doc["_id"]) == 1
     copy = reg.journaled(doc["_id"])
     assert copy is not None and copy["state"] == "complete" and copy["result"] == {"survived": True}
-    assert reg.holders("outage") == [witness["_id"]]
+    assert reg.holders("outage") == [witness["_id"], doc["_id"]]  # the ending frees nothing ...
+    assert reg.give(run)  # ... the finisher gives, once the server is back
+    assert reg.holders("outage") == [witness["_id"]] and reg.free() == SLOTS - 1
     assert reg.live(witness["_id"])["state"] == "running"
+    reg.check_slots()
 
 
 @pytest.mark.parametrize("moment", ["before-the-journal-copy", "after-the-journal-copy"])
@@ -124,16 +129,15 @@ def test_an_outage_longer_than_outage_timeout_raises_and_leaves_the_job_recovera
     """The run gives up (RegistryUnavailable); the job stays running, and lease recovery ends it right:
     run again when nothing was journaled, the completion finished when its journal copy had landed."""
     reg: Registry = make_registry(server.url, 2.0)
-    reg.connection.ensure_indexes()
-    doc = reg.running("long-outage", attempts=2)
+    doc, run = reg.running("long-outage", attempts=2)
 
     if moment == "before-the-journal-copy":
         server.kill()
-    else:
-        hook.arm("insert", reg.connection.journal.name, server.kill)  # the copy is acknowledged, then the server dies
+    else:  # the server-side copy is acknowledged, then the server dies
+        hook.arm("aggregate", reg.connection.jobs.name, server.kill)
     began = time.monotonic()
     with pytest.raises(RegistryUnavailable) as caught:
-        reg.store.complete(doc, "result of run 1", now())
+        reg.store.complete(run, "result of run 1", now())
     waited = time.monotonic() - began
     assert "unreachable for 2 s" in str(caught.value)
     # bounded: outage_timeout plus at most one server-selection wait (5 s) of the attempt in flight
@@ -151,7 +155,8 @@ def test_an_outage_longer_than_outage_timeout_raises_and_leaves_the_job_recovera
     expired = reg.store.expired_runs(later(RUN_LEASE + 5))
     assert [d["_id"] for d in expired] == [doc["_id"]]
     assert reg.store.recover(expired[0], "lease expired")
-    assert reg.holders("long-outage") == []
+    assert reg.holders("long-outage") == [] and reg.free() == SLOTS  # recovery freed the slots
+    reg.check_slots()
     if journaled:  # the completion is finished: the result of run 1 is kept, nothing runs again
         assert reg.live(doc["_id"]) is None
         copy = reg.journaled(doc["_id"])
@@ -160,6 +165,9 @@ def test_an_outage_longer_than_outage_timeout_raises_and_leaves_the_job_recovera
         return
     recovered = reg.live(doc["_id"])
     assert recovered is not None and recovered["state"] == "pending" and recovered["attempts_left"] == 2
-    again = reg.claim_and_start(recovered)
+    _, again = reg.claim_and_start(recovered)
+    assert again.trial == 2 and again.attempts_left == 2
     assert reg.store.complete(again, "result of run 2", now())
+    assert reg.give(again)
     assert reg.journaled(doc["_id"])["result"] == "result of run 2"
+    reg.check_slots()

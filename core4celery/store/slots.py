@@ -1,0 +1,215 @@
+"""Worker slots and ``max_parallel`` slots in one small document, taken and freed in one command.
+
+``free.<queue>`` counts idle worker slots of the workers consuming that queue;
+``holders.<name>`` lists the jobs (``{id, q, t}``: job id, queue, claim token) that hold
+one of the task's ``max_parallel`` slots and a worker slot of their queue
+(dispatched or running). A ticket exists only for a job that holds both,
+and each move is one guarded update of this document:
+
+* take: an idle slot of the queue and a slot of the name (enqueue, timer pass);
+* transfer: a finishing job hands both straight to the next waiting job;
+* give: a finished job returns both when nothing waits.
+
+The holder list makes ``give`` and ``transfer`` idempotent (guarded by "still
+holds"), so a repeated or raced command changes nothing the second time. The
+document also carries the pause switch (a paused cluster takes nothing) and
+the due generation (bumped whenever a job becomes due out of turn, so cached
+candidate lists are refreshed). ``free`` is recomputed from the alive workers'
+slots minus the holders of each queue by :meth:`Slots.reconcile`, from one
+snapshot of the document and guarded by a version that every change of
+``free`` bumps, so a reconcile never races a take or a give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
+
+from .connection import Connection, Doc
+
+SLOTS = "slots"
+
+
+def field_key(name: str) -> str:
+    """Task and queue names may hold dots (and could start with '$'): not as MongoDB field names."""
+    return name.replace(".", "\u2024").replace("$", "\uff04")
+
+
+def rank_key(rank: tuple[bool, int]) -> str:
+    return f"{int(rank[0])}:{rank[1]}"
+
+
+def name_of(key: str) -> str:
+    return key.replace("\u2024", ".").replace("\uff04", "$")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A job as the slots document knows it.
+
+    ``token`` names one claim of the job's slots (the job document and its
+    ticket carry it): a late give, hand-over or repair of an earlier claim of
+    the same job can never free the slots of a later one.
+    """
+
+    job_id: ObjectId
+    name: str
+    queue: str
+    limit: int = 0  # its max_parallel (needed to take or receive a slot)
+    token: ObjectId | None = None
+
+
+@dataclass(frozen=True)
+class SlotState:
+    free: dict[str, int]
+    holders: dict[str, list[Doc]]  # name -> [{"id": job id, "q": queue}]
+    paused: bool
+    generation: int
+    version: int
+    ranks: dict[str, int]  # generation per rank of newly due jobs ("any": an old job due again)
+
+    def outranks(self, since: Mapping[str, int], rank: tuple[bool, int]) -> bool:
+        """Did a job ranking above ``rank`` (or any old job) become due since ``since`` was read?"""
+        for key, n in self.ranks.items():
+            if since.get(key) == n:
+                continue
+            if key == "any":
+                return True
+            force, priority = key.split(":")
+            if (bool(int(force)), int(priority)) > rank:
+                return True
+        return False
+
+    def room(self, holder: Holder, handed: Holder | None = None) -> bool:
+        """Could ``holder`` get its slots now (``handed``: slots a finishing job would give it)?"""
+        if self.paused:
+            return False
+        queue_ok = (handed is not None and handed.queue == holder.queue) or self.free.get(holder.queue, 0) > 0
+        name_ok = (handed is not None and handed.name == holder.name) or (
+            len(self.holders.get(holder.name, [])) < holder.limit
+        )
+        return queue_ok and name_ok
+
+    def held_by_queue(self) -> dict[str, int]:
+        held: dict[str, int] = {}
+        for entries in self.holders.values():
+            for entry in entries:
+                held[entry["q"]] = held.get(entry["q"], 0) + 1
+        return held
+
+
+class Slots:
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._created = False
+
+    def _update(self, guard: Mapping[str, Any], update: Mapping[str, Any], what: str,
+                array_filters: list[Mapping[str, Any]] | None = None) -> bool:
+        self._ensure()
+        gates = self._connection.gates
+        result = self._connection.outage.run(
+            lambda: gates.update_one({"_id": SLOTS, **guard}, dict(update), array_filters=array_filters), what
+        )
+        return result.matched_count == 1
+
+    def _ensure(self) -> None:
+        if self._created:
+            return
+        gates = self._connection.gates
+        try:
+            self._connection.outage.run(lambda: gates.update_one(
+                {"_id": SLOTS},
+                {"$setOnInsert": {"free": {}, "holders": {}, "paused": False, "generation": 0, "v": 0, "ranks": {}}},
+                upsert=True,
+            ), "create the slots document")
+        except DuplicateKeyError:  # a concurrent upsert created it
+            pass
+        self._created = True
+
+    def read(self) -> SlotState:
+        self._ensure()
+        gates = self._connection.gates
+        found: Doc | None = self._connection.outage.run(lambda: gates.find_one({"_id": SLOTS}), "read the slots")
+        doc: Doc = found or {}
+        return SlotState(
+            free={name_of(k): int(v) for k, v in (doc.get("free") or {}).items()},
+            holders={name_of(k): list(v) for k, v in (doc.get("holders") or {}).items()},
+            paused=bool(doc.get("paused")), generation=int(doc.get("generation") or 0), version=int(doc.get("v") or 0),
+            ranks={k: int(v) for k, v in (doc.get("ranks") or {}).items()},
+        )
+
+    @staticmethod
+    def _room_guard(holder: Holder) -> dict[str, Any]:
+        name = field_key(holder.name)
+        return {f"holders.{name}.{holder.limit - 1}": {"$exists": False}, f"holders.{name}.id": {"$ne": holder.job_id},
+                "paused": {"$ne": True}}
+
+    @staticmethod
+    def _entry(holder: Holder) -> Doc:
+        return {"id": holder.job_id, "q": holder.queue, "t": holder.token}
+
+    @staticmethod
+    def _holds(holder: Holder) -> Doc:
+        return {"$elemMatch": {"id": holder.job_id, "t": holder.token}}
+
+    def take(self, holder: Holder) -> bool:
+        """An idle slot of its queue and a slot of its name, both or neither."""
+        queue = field_key(holder.queue)
+        guard = {**self._room_guard(holder), f"free.{queue}": {"$gt": 0}}
+        update = {"$inc": {f"free.{queue}": -1, "v": 1}, "$push": {f"holders.{field_key(holder.name)}": self._entry(holder)}}
+        return self._update(guard, update, f"take a slot for {holder.job_id}")
+
+    def give(self, holder: Holder) -> bool:
+        """Return both slots; False (and no change) when the job holds none."""
+        name = field_key(holder.name)
+        update = {"$inc": {f"free.{field_key(holder.queue)}": 1, "v": 1},
+                  "$pull": {f"holders.{name}": {"id": holder.job_id, "t": holder.token}}}
+        return self._update({f"holders.{name}": self._holds(holder)}, update, f"free the slot of {holder.job_id}")
+
+    def transfer(self, old: Holder, new: Holder) -> bool:
+        """``old``'s slots go straight to ``new``: one command, no idle moment, no other taker in between."""
+        old_name, new_name = field_key(old.name), field_key(new.name)
+        guard: dict[str, Any] = {f"holders.{old_name}": self._holds(old), "paused": {"$ne": True}}
+        update: dict[str, Any] = {}
+        if old.queue != new.queue:
+            guard[f"free.{field_key(new.queue)}"] = {"$gt": 0}
+            update["$inc"] = {f"free.{field_key(old.queue)}": 1, f"free.{field_key(new.queue)}": -1, "v": 1}
+        else:  # workers left (or drain): a queue over its slots hands nothing on, it shrinks
+            guard[f"free.{field_key(new.queue)}"] = {"$gte": 0}
+        what = f"hand the slot of {old.job_id} to {new.job_id}"
+        if old_name == new_name:
+            guard[f"holders.{new_name}.id"] = {"$ne": new.job_id}
+            update["$set"] = {f"holders.{new_name}.$[held]": self._entry(new)}
+            return self._update(guard, update, what, array_filters=[{"held.id": old.job_id, "held.t": old.token}])
+        guard.update(self._room_guard(new))
+        guard[f"holders.{old_name}"] = self._holds(old)
+        update["$pull"] = {f"holders.{old_name}": {"id": old.job_id, "t": old.token}}
+        update["$push"] = {f"holders.{new_name}": self._entry(new)}
+        return self._update(guard, update, what)
+
+    def drop(self, name: str, entry: Doc) -> bool:
+        """Repair: free the slots of exactly this claim (a job neither dispatched nor running)."""
+        return self.give(Holder(job_id=entry["id"], name=name, queue=entry["q"], token=entry.get("t")))
+
+    def reconcile(self, free: Mapping[str, int], version: int) -> bool:
+        """Set the idle slots per queue, unless a slot moved since ``version`` was read."""
+        values = {field_key(queue): n for queue, n in free.items()}
+        return self._update({"v": version}, {"$set": {"free": values}, "$inc": {"v": 1}}, "reconcile the slots")
+
+    def bump(self, rank: tuple[bool, int] | None = None) -> None:
+        """A job became due out of turn: cached candidate lists may be stale.
+
+        ``rank`` (force, priority) of a new job: a cache is stale only for it if
+        its next candidate ranks lower (same rank: the new job queues behind, FIFO).
+        Without a rank (restart, recovery: an old job due again) every cache is stale.
+        """
+        key = f"ranks.{rank_key(rank)}" if rank is not None else "ranks.any"
+        self._update({}, {"$inc": {"generation": 1, key: 1}}, "signal a due job")
+
+    def pause(self, paused: bool) -> None:
+        self._update({}, {"$set": {"paused": paused}, "$inc": {"generation": 1, "ranks.any": 1}},
+                     "pause" if paused else "resume")

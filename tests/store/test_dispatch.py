@@ -1,0 +1,199 @@
+"""The Dispatcher's paths over the store: hand over (a run ended), offer (enqueue), tick (timer).
+
+The Dispatcher is built from the store as ``Core4`` builds it, with a Celery
+app on the MongoDB broker of the test's database: a published ticket is a
+document in the broker's ``messages`` collection, read back here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from core4celery.clock import later, now
+from core4celery.config.options import JobOptions
+from core4celery.dispatch.control import Control
+from core4celery.dispatch.dispatcher import Dispatcher
+from core4celery.store.document import TICKET_HEADER, new_job, ticket_header
+from core4celery.store.jobs import DEFAULT_QUEUE, Claim
+from core4celery.store.nodes import Nodes
+
+from .conftest import TICKET_LEASE, Job, Registry, holder_of_run, lock, untokened
+
+Q2 = "q2"
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[Celery]:
+    celery = Celery("store-tests", broker=db_url)
+    yield celery
+    celery.close()
+
+
+@pytest.fixture
+def dispatcher(reg: Registry, app: Celery) -> Dispatcher:
+    connection = reg.connection
+    return Dispatcher(reg.store, Nodes(connection, reg.settings.worker_timeout), Control(connection), app,
+                      reg.settings)
+
+
+def tickets(reg: Registry) -> list[dict[str, Any]]:
+    """The tickets published so far: task id, task name, queue and the job's fields from the header."""
+    found = []
+    for message in reg.connection.db["messages"].find().sort("_id", 1):
+        headers = json.loads(message["payload"])["headers"]
+        found.append({"id": headers["id"], "task": headers["task"], "queue": message["queue"],
+                      "fields": headers[TICKET_HEADER]})
+    return found
+
+
+def due(reg: Registry, doc: Job) -> bool:
+    live = reg.live(doc["_id"])
+    return "dispatched_until" not in live and live["query_at"] is not None and live["query_at"] <= now()
+
+
+# -- hand over --------------------------------------------------------------------
+def test_hand_over_gives_the_finished_runs_slots_to_the_highest_priority_due_job(
+    reg: Registry, dispatcher: Dispatcher,
+) -> None:
+    reg.provide({DEFAULT_QUEUE: 1})
+    finished, run = reg.running("done")
+    low = reg.enqueue("low", priority=0)
+    high = reg.enqueue("high", priority=5)
+    not_yet = reg.enqueue("not-yet", priority=9)
+    reg.connection.jobs.update_one({"_id": not_yet["_id"]}, {"$set": {"query_at": later(600)}})
+    assert reg.store.claim(high, now(), TICKET_LEASE) is Claim.FULL  # no idle slot: it waits
+    assert reg.store.complete(run, "ok", now())
+
+    dispatcher.hand_over(holder_of_run(run))
+
+    assert reg.holders("done") == [] and reg.holders("high") == [high["_id"]]
+    assert reg.free() == 0  # the slot went straight on: never idle
+    live = reg.live(high["_id"])
+    assert live["query_at"] is None and "dispatched_until" in live
+    assert due(reg, low) and reg.holders("low") == []
+    (ticket,) = tickets(reg)
+    assert ticket["id"] == str(high["_id"]) and ticket["task"] == "high" and ticket["queue"] == DEFAULT_QUEUE
+    assert ticket["fields"] == ticket_header(live)
+    # the ticket starts the job with its own fields, no read
+    started = reg.store.start(high["_id"], "high", lock("w2"), ticket["fields"])
+    assert started is not None and started.trial == 1
+    assert reg.live(finished["_id"]) is None
+
+
+def test_hand_over_within_a_name_at_its_limit(reg: Registry, dispatcher: Dispatcher) -> None:
+    """max_parallel=1: the next job of the same name can only ever get a slot this way or after a give."""
+    reg.provide({DEFAULT_QUEUE: 3})
+    _, run = reg.running("single", max_parallel=1)
+    waiting = reg.enqueue("single", max_parallel=1)
+    assert reg.store.claim(waiting, now(), TICKET_LEASE) is Claim.FULL
+    assert reg.store.defer(run, now(), "later") is not None  # a deferred run hands over too
+
+    dispatcher.hand_over(holder_of_run(run))
+
+    assert reg.holders("single") == [waiting["_id"]]
+    assert reg.free() == 2  # no worker slot moved
+    assert [t["id"] for t in tickets(reg)] == [str(waiting["_id"])]
+
+
+def test_hand_over_gives_the_slots_back_when_nothing_is_due(reg: Registry, dispatcher: Dispatcher) -> None:
+    reg.provide({DEFAULT_QUEUE: 2})
+    _, run = reg.running("alone")
+    later_job = reg.enqueue("later")
+    reg.connection.jobs.update_one({"_id": later_job["_id"]}, {"$set": {"query_at": later(600)}})
+    assert reg.store.complete(run, "ok", now())
+
+    dispatcher.hand_over(holder_of_run(run))
+
+    assert reg.holders("alone") == [] and reg.free() == 2
+    assert tickets(reg) == []
+    before = reg.raw_slots()
+    dispatcher.hand_over(holder_of_run(run))  # a repeated hand-over changes nothing
+    assert reg.raw_slots() == before and tickets(reg) == []
+
+
+def test_hand_over_while_paused_gives_the_slots_back(reg: Registry, dispatcher: Dispatcher) -> None:
+    reg.provide({DEFAULT_QUEUE: 1})
+    _, run = reg.running("paused")
+    waiting = reg.enqueue("paused-next")
+    assert reg.store.complete(run, "ok", now())
+    reg.store.pause(True)
+
+    dispatcher.hand_over(holder_of_run(run))
+
+    assert reg.holders("paused") == [] and reg.holders("paused-next") == [] and reg.free() == 1
+    assert due(reg, waiting) and tickets(reg) == []
+
+
+def test_hand_over_passes_over_jobs_the_slots_cannot_serve(reg: Registry, dispatcher: Dispatcher) -> None:
+    """The first due job waits on a queue without an idle slot, the second on a name at its limit: the third
+    (lower priority) gets the slots."""
+    reg.provide({DEFAULT_QUEUE: 2, Q2: 0})
+    _, run = reg.running("finisher")
+    reg.running("busy-name", max_parallel=1)
+    other_queue = reg.enqueue("other-queue", priority=9, queue=Q2)
+    full_name = reg.enqueue("busy-name", priority=8, max_parallel=1)
+    eligible = reg.enqueue("eligible", priority=1)
+    assert reg.store.complete(run, "ok", now())
+
+    dispatcher.hand_over(holder_of_run(run))
+
+    assert reg.holders("eligible") == [eligible["_id"]] and reg.holders("finisher") == []
+    assert due(reg, other_queue) and due(reg, full_name)
+    assert [t["id"] for t in tickets(reg)] == [str(eligible["_id"])]
+    assert reg.slots().free == {DEFAULT_QUEUE: 0, Q2: 0}
+
+
+def test_hand_over_across_queues(reg: Registry, dispatcher: Dispatcher) -> None:
+    """A job of another queue with an idle slot there takes it; the finished run's worker slot becomes idle."""
+    reg.provide({DEFAULT_QUEUE: 1, Q2: 1})
+    _, run = reg.running("finisher")
+    elsewhere = reg.enqueue("elsewhere", priority=5, queue=Q2)
+    assert reg.store.complete(run, "ok", now())
+
+    dispatcher.hand_over(holder_of_run(run))
+
+    assert untokened(reg.slots().holders["elsewhere"]) == [{"id": elsewhere["_id"], "q": Q2}]
+    assert reg.slots().free == {DEFAULT_QUEUE: 1, Q2: 0}
+    (ticket,) = tickets(reg)
+    assert ticket["id"] == str(elsewhere["_id"]) and ticket["queue"] == Q2 and ticket["fields"]["queue"] == Q2
+
+
+def test_hand_over_of_slots_freed_already_moves_nothing(reg: Registry, dispatcher: Dispatcher) -> None:
+    """The run's slots were freed meanwhile (a kill finished its completion, repair): no ticket, no slot moved."""
+    reg.provide({DEFAULT_QUEUE: 1})
+    _, run = reg.running("freed")
+    waiting = reg.enqueue("freed-next")
+    assert reg.store.complete(run, "ok", now())
+    assert reg.give(run)
+    before = reg.slots()
+
+    dispatcher.hand_over(holder_of_run(run))
+
+    assert reg.slots() == before and tickets(reg) == []
+    assert due(reg, waiting) and reg.holders("freed-next") == []
+
+
+# -- offer and tick ---------------------------------------------------------------
+def test_offer_publishes_at_once_with_an_idle_slot_and_else_enqueues(reg: Registry, dispatcher: Dispatcher) -> None:
+    reg.provide({DEFAULT_QUEUE: 1})
+    first = new_job("offered", {"x": 1}, JobOptions(), query_at=now(), queue=DEFAULT_QUEUE)
+    second = new_job("offered", {"x": 2}, JobOptions(), query_at=now(), queue=DEFAULT_QUEUE)
+    assert dispatcher.offer(first) is True
+    assert dispatcher.offer(second) is False
+    (ticket,) = tickets(reg)
+    assert ticket["id"] == str(first["_id"]) and ticket["fields"] == ticket_header(reg.live(first["_id"]))
+    assert reg.holders("offered") == [first["_id"]] and due(reg, second)
+
+
+def test_tick_fills_the_idle_slots_in_dispatch_order(reg: Registry, dispatcher: Dispatcher) -> None:
+    reg.provide({DEFAULT_QUEUE: 2})
+    jobs = [reg.enqueue(f"tick-{i}", priority=i) for i in range(4)]
+    assert dispatcher.tick() == 2
+    assert [t["id"] for t in tickets(reg)] == [str(jobs[3]["_id"]), str(jobs[2]["_id"])]
+    assert reg.free() == 0 and due(reg, jobs[0]) and due(reg, jobs[1])
+    assert dispatcher.tick() == 0  # no idle slot
