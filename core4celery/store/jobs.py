@@ -503,14 +503,14 @@ class JobStore:
             return None
         return self._archive(job_id, {"enqueued.child_id": child_id})
 
-    def repair_slots(self) -> int:
+    def repair_slots(self, grace: float = SLOT_GRACE) -> int:
         """Free slots whose claim is over: its job neither holds a ticket nor runs under that claim.
 
-        A claim younger than ``SLOT_GRACE`` may be mid-enqueue (slots are taken
-        before the job's insert), and a run that ended less than ``SLOT_GRACE``
-        ago is handing its slots over right now: both are left alone.
+        A claim younger than ``grace`` may be mid-enqueue (slots are taken
+        before the job's insert), and a run that ended less than ``grace`` ago
+        is handing its slots over right now: both are left alone.
         """
-        cutoff = now() - timedelta(seconds=SLOT_GRACE)
+        cutoff = now() - timedelta(seconds=grace)
         freed = 0
         for name, held in self._slots.read().holders.items():
             for entry in held:

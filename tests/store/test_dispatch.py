@@ -22,7 +22,7 @@ from core4celery.store.document import TICKET_HEADER, new_job, ticket_header
 from core4celery.store.jobs import DEFAULT_QUEUE, Claim
 from core4celery.store.nodes import Nodes
 
-from .conftest import TICKET_LEASE, Job, Registry, holder_of_run, lock, untokened
+from .conftest import TICKET_LEASE, CommandHook, Job, Registry, holder_of_run, lock, untokened
 
 Q2 = "q2"
 
@@ -176,6 +176,24 @@ def test_hand_over_of_slots_freed_already_moves_nothing(reg: Registry, dispatche
 
     assert reg.slots() == before and tickets(reg) == []
     assert due(reg, waiting) and reg.holders("freed-next") == []
+
+
+def test_a_hand_over_that_finds_its_slots_gone_stops_after_one_try(
+    reg: Registry, dispatcher: Dispatcher, hook: CommandHook,
+) -> None:
+    """Each further candidate would cost a mark, a failed transfer and an undo (a 2,000-job burst ran at 4 jobs/s)."""
+    reg.provide({DEFAULT_QUEUE: 1})
+    _, run = reg.running("gone")
+    waiting = [reg.enqueue("gone-next") for _ in range(20)]
+    assert reg.store.complete(run, "ok", now())
+    assert reg.give(run)  # e.g. slot repair freed them just before the hand-over
+
+    with hook.record() as sent:
+        dispatcher.hand_over(holder_of_run(run))
+
+    marks = [c for c in sent if c == ("update", reg.connection.jobs.name)]
+    assert len(marks) == 2, sent  # the first candidate's mark and its undo; nobody else is touched
+    assert tickets(reg) == [] and all(due(reg, doc) for doc in waiting)
 
 
 # -- offer and tick ---------------------------------------------------------------
