@@ -13,7 +13,7 @@ import argparse
 import time
 from typing import Any
 
-from bench.common import Bench, pct, plot, run, save, wait_drained
+from bench.common import Bench, count_commands, counted, pct, per_job, plot, run, save, wait_drained
 
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -32,6 +32,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     opts = parser.parse_args()
+    commands = count_commands()
+    costs: dict[str, dict[str, float]] = {}
     with Bench("latency") as bench:
         from bench.apps import core4, core4_trivial, plain_trivial
 
@@ -41,7 +43,9 @@ def main() -> int:
         samples: dict[str, tuple[list[float], list[float]]] = {}
         for label, task in (("plain", plain_trivial), ("core4", core4_trivial)):
             measure(task, 5, 0)  # warm up
+            before = counted(commands)
             samples[label] = measure(task, opts.jobs, 1_000_000)
+            costs[label] = per_job(before, counted(commands), opts.jobs, detail=True)
         wait_drained(core4)
         server = bench.server_label
     report: dict[str, Any] = {"server": server, "jobs": opts.jobs}
@@ -53,6 +57,11 @@ def main() -> int:
         report[label] = row
         print(f"{label:8} {row['start_p50']:9.1f} {row['start_p95']:7.1f} {row['start_p99']:7.1f} "
               f"{row['finish_p50']:11.1f} {row['finish_p95']:7.1f} {row['finish_p99']:7.1f}")
+    print("MongoDB commands per job (all processes; 'celery': broker, result backend and the caller's result polls)")
+    for label, paths in costs.items():
+        shown = "  ".join(f"{path} {n:.2f}" for path, n in paths.items() if path != "total")
+        print(f"{label:8} {paths['total']:6.1f}  {shown}")
+    report["commands_per_job"] = costs
     save("latency", report)
 
     def draw(ax: Any) -> None:

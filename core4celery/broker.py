@@ -3,7 +3,8 @@
 kombu creates its capped ``messages.broadcast`` collection with a
 check-then-create, so two processes connecting at the same moment can crash
 one of them with "collection already exists". Creating it up front in every
-process, tolerating the race, closes that window.
+process, tolerating the race, closes that window. The wake-up collection
+idle workers wait on (:mod:`core4celery.wakeups`) is created here too.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ from typing import Any
 
 from pymongo import MongoClient
 from pymongo.errors import CollectionInvalid, OperationFailure
-from pymongo.uri_parser import parse_uri
 
-KOMBU_DEFAULT_DATABASE = "kombu_default"
+from .wakeups import broker_database, prepare_wakeups
+
 KOMBU_CAPPED_SIZE = 100_000
 
 
 def prepare_broker(broker_url: str, transport_options: dict[str, Any]) -> None:
     if not broker_url.startswith(("mongodb://", "mongodb+srv://")):
         return
-    database = parse_uri(broker_url).get("database") or KOMBU_DEFAULT_DATABASE
+    database = broker_database(broker_url)
     name = transport_options.get("broadcast_collection", "messages.broadcast")
     size = int(transport_options.get("capped_queue_size", KOMBU_CAPPED_SIZE))
     client: MongoClient[dict[str, Any]] = MongoClient(broker_url, serverSelectionTimeoutMS=5000)
@@ -32,5 +33,6 @@ def prepare_broker(broker_url: str, transport_options: dict[str, Any]) -> None:
                 db.create_collection(name, capped=True, size=size)
             except (CollectionInvalid, OperationFailure):
                 pass  # another process won the race: exactly what we wanted
+        prepare_wakeups(db)
     finally:
         client.close()

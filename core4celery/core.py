@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from celery.result import AsyncResult
 from kombu.utils.json import dumps as kombu_dumps
 
@@ -32,12 +33,14 @@ from .events import JobEvents
 from .metrics import code_path
 from .operations import Operations, Outcome
 from .store.connection import Connection, Doc
-from .store.document import JobDoc, new_job
+from .store.document import TICKET_HEADER, JobDoc, new_job
 from .store.jobs import JobStore
 from .store.nodes import Nodes
 from .store.outage import Outage
 from .store.queries import JobQueries
 from .store.values import MAX_BSON_SIZE, check_json
+from .transport import TRANSPORT
+from .wakeups import Wakeups
 
 APP_DEFAULTS = {
     "worker_prefetch_multiplier": 1,
@@ -54,6 +57,13 @@ APP_DEFAULTS = {
 TICKET_OVERHEAD = 16 * 1024
 
 
+def use_core4_transport(app: Celery) -> None:
+    """A MongoDB broker gets kombu's transport without its repeated lookups (see :mod:`core4celery.transport`)."""
+    conf = app.conf
+    if not conf.broker_transport and str(conf.broker_url or "").startswith(("mongodb://", "mongodb+srv://")):
+        conf.broker_transport = TRANSPORT
+
+
 class Core4:
     def __init__(self, app: Celery, settings: Settings | None = None) -> None:
         from .worker.step import Core4WorkerStep
@@ -64,9 +74,23 @@ class Core4:
         self._worker_id: str | None = None
         app.core4celery = self
         app.add_defaults(APP_DEFAULTS)
+        if app.configured:
+            use_core4_transport(app)
+        else:
+            app.on_after_configure.connect(lambda sender, **_: use_core4_transport(sender), weak=False)
         app.steps["worker"].add(Core4WorkerStep)
+        signals.after_task_publish.connect(self._ring_for_plain_task, weak=False)
         # tasks defined from here on are created (and validated) at decoration time
         app.finalize()
+
+    def _ring_for_plain_task(self, sender: str | None = None, routing_key: str | None = None,
+                             headers: Mapping[str, Any] | None = None, **_: Any) -> None:
+        """A plain Celery task of this app may go to a worker waiting for wake-ups; core4 tickets ring themselves."""
+        if (headers or {}).get(TICKET_HEADER) is not None or sender not in self.app.tasks:
+            return
+        wakeups = self.wakeups
+        if wakeups is not None and routing_key:
+            wakeups.ring(routing_key)
 
     # -- services, built once ------------------------------------------------
     @cached_property
@@ -103,8 +127,15 @@ class Core4:
         return Control(self.connection)
 
     @cached_property
+    def wakeups(self) -> Wakeups | None:
+        """Rings for workers waiting on the MongoDB broker; None with any other broker."""
+        url = str(self.app.conf.broker_url or "")
+        return Wakeups(url) if url.startswith(("mongodb://", "mongodb+srv://")) else None
+
+    @cached_property
     def dispatcher(self) -> Dispatcher:
-        return Dispatcher(self.store, self.nodes, self.control, self.app, self.settings)
+        ring = self.wakeups.ring if self.wakeups is not None else None
+        return Dispatcher(self.store, self.nodes, self.control, self.app, self.settings, ring)
 
     @cached_property
     def handovers(self) -> BackgroundHandover:

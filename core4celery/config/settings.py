@@ -42,6 +42,7 @@ class Settings:
     dispatch_scan: int = 200
     candidate_ttl: float = 1.0
     outage_timeout: float = 60.0
+    idle_wait: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.mongodb_url.startswith(("mongodb://", "mongodb+srv://")):

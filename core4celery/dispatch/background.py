@@ -20,23 +20,24 @@ log = logging.getLogger(__name__)
 
 
 class BackgroundHandover:
-    def __init__(self, hand_over: Callable[[Holder], object]) -> None:
+    def __init__(self, hand_over: Callable[[Holder, bool], object]) -> None:
         self._hand_over = hand_over
-        self._queue: PerProcess[queue.SimpleQueue[Holder]] = PerProcess(self._start)
+        self._queue: PerProcess[queue.SimpleQueue[tuple[Holder, bool]]] = PerProcess(self._start)
 
-    def _start(self) -> queue.SimpleQueue[Holder]:
-        pending: queue.SimpleQueue[Holder] = queue.SimpleQueue()  # a forked copy of the parent's is not ours
+    def _start(self) -> queue.SimpleQueue[tuple[Holder, bool]]:
+        pending: queue.SimpleQueue[tuple[Holder, bool]] = queue.SimpleQueue()  # a forked copy of the parent's is not ours
         threading.Thread(target=self._loop, args=(pending,), name="core4celery-handover", daemon=True).start()
         return pending
 
-    def submit(self, finished: Holder) -> None:
-        self._queue.get().put(finished)
+    def submit(self, finished: Holder, ring: bool) -> None:
+        """``ring``: the run was long enough for this worker's consumer to be waiting for a wake-up."""
+        self._queue.get().put((finished, ring))
 
-    def _loop(self, pending: queue.SimpleQueue[Holder]) -> None:
+    def _loop(self, pending: queue.SimpleQueue[tuple[Holder, bool]]) -> None:
         while True:
-            finished = pending.get()
+            finished, ring = pending.get()
             try:
-                self._hand_over(finished)
+                self._hand_over(finished, ring)
             except Exception:
                 log.exception("core4celery: handing over the slot of job %s failed; slot repair frees it",
                               finished.job_id)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -47,8 +48,10 @@ FULL_PAUSE = 0.05  # seconds an enqueuing process assumes the cluster stays full
 
 
 class Dispatcher:
-    def __init__(self, store: JobStore, nodes: Nodes, control: Control, app: Celery, settings: Settings) -> None:
+    def __init__(self, store: JobStore, nodes: Nodes, control: Control, app: Celery, settings: Settings,
+                 ring: Callable[[str], object] | None = None) -> None:
         self._store = store
+        self._ring = ring  # wakes workers waiting for wake-ups (core4celery.wakeups)
         self._nodes = nodes
         self._control = control
         self._app = app
@@ -75,16 +78,19 @@ class Dispatcher:
                 self._full_until = time.monotonic() + FULL_PAUSE
         if dispatched:
             with code_path("dispatch"):
-                self._publish(doc)
+                self._publish(doc, ring=True)  # it took an idle slot: that worker may be asleep
         return dispatched
 
-    def hand_over(self, finished: Holder) -> None:
-        """A run ended: its slots go to the next due job, or back when nothing waits."""
+    def hand_over(self, finished: Holder, ring: bool = False) -> None:
+        """A run ended: its slots go to the next due job, or back when nothing waits.
+
+        ``ring``: the run was long, so the consumer it frees may be waiting for a wake-up.
+        """
         with code_path("dispatch"):
             state = self._store.slots()
             left: Holder | None = finished
             if not state.paused:
-                _, left = self._fill(state, finished, limit=1)
+                _, left = self._fill(state, finished, limit=1, ring=ring)
             if left is not None:
                 self._store.give(left)
 
@@ -95,11 +101,11 @@ class Dispatcher:
             free = sum(max(0, n) for n in state.free.values())
             if state.paused or free == 0:
                 return 0
-            issued, _ = self._fill(state, None, limit=free)
+            issued, _ = self._fill(state, None, limit=free, ring=True)
             return issued
 
     # -- filling ---------------------------------------------------------------
-    def _fill(self, state: SlotState, handed: Holder | None, limit: int) -> tuple[int, Holder | None]:
+    def _fill(self, state: SlotState, handed: Holder | None, limit: int, ring: bool) -> tuple[int, Holder | None]:
         """Claim candidates in order while slots allow; ``handed``: slots to give away first.
 
         Returns the tickets issued and the handed slots if nobody took them.
@@ -127,7 +133,7 @@ class Dispatcher:
                 break
             if claim is Claim.TICKET:
                 handed = None
-                self._publish(doc)
+                self._publish(doc, ring)
                 issued += 1
         self._candidates = [doc for doc in self._candidates if doc["_id"] not in used]
         return issued, handed
@@ -161,7 +167,7 @@ class Dispatcher:
         inactive_at = doc.get("inactive_at")
         return doc["state"] == State.DEFERRED.value and inactive_at is not None and inactive_at <= stamp
 
-    def _publish(self, doc: Any) -> None:
+    def _publish(self, doc: Any, ring: bool) -> None:
         options: dict[str, Any] = {"task_id": str(doc["_id"]), "queue": holder_of(doc).queue,
                                    "headers": {TICKET_HEADER: ticket_header(doc)}}
         if doc.get("mid"):  # monitors (Flower) show the mother-child tree
@@ -171,6 +177,9 @@ class Dispatcher:
         except Exception:
             # the registry still says "dispatched": the ticket lease re-issues it
             log.exception("could not publish ticket for job %s; it is re-issued after the lease", doc["_id"])
+            return
+        if ring and self._ring is not None:
+            self._ring(options["queue"])
 
     # -- upkeep ----------------------------------------------------------------
     def reconcile(self) -> bool:

@@ -32,13 +32,14 @@ from ..store.jobs import JobStore
 from ..store.slots import Holder
 from ..store.states import State
 from ..store.values import check_json, check_storable
+from ..transport import IDLE_AFTER
 
 log = get_task_logger("core4celery.job")
 
 
 class JobRun:
     def __init__(self, store: JobStore, events: JobEvents, job_id: str, name: str, worker_id: str, hostname: str,
-                 run_lease: float, after_end: Callable[[Holder], object]) -> None:
+                 run_lease: float, after_end: Callable[[Holder, bool], object]) -> None:
         self._store = store
         self._events = events
         self.oid = as_object_id(job_id)
@@ -108,8 +109,9 @@ class JobRun:
 
     def _hand_over(self) -> None:
         run = self._run
+        long_run = (now() - run.started_at).total_seconds() >= IDLE_AFTER / 2  # its consumer may be asleep
         self._after_end(Holder(job_id=run.job_id, name=run.name, queue=run.queue, limit=run.max_parallel,
-                               token=run.slot))
+                               token=run.slot), long_run)
 
     @property
     def _run(self) -> Run:

@@ -21,6 +21,7 @@ from pymongo.errors import ConnectionFailure
 from ..clock import now
 from ..errors import RegistryUnavailable
 from ..metrics import code_path
+from ..transport import sleep_when_idle
 from .housekeeping import Housekeeping
 from .node import Node
 
@@ -91,6 +92,7 @@ class Core4WorkerStep(bootsteps.StartStopStep):
         if worker.task_events:
             self.core4.events.enable(worker.hostname)
         self.core4.prepare()  # indexes and broker collections before the consumer connects
+        sleep_when_idle(self.core4.settings.idle_wait)  # this process's consumer waits for wake-ups when idle
         self.ticker: Ticker | None = None
 
     def start(self, worker: Any) -> None:

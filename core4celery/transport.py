@@ -1,0 +1,153 @@
+"""kombu's MongoDB transport with the per-poll lookups it repeats needlessly taken out.
+
+With ``ttl`` on (needed so dead event and reply queues expire), kombu's
+channel reads a queue's declared options from ``messages.queues`` on every
+publish and every poll, and refreshes each expiring queue's ``expire_at``
+(two ``update_many``) on every poll; remote-control (fanout) queues are
+polled as often as task queues. At the 0.05 s polling interval core4celery
+needs for latency, that was ~120 server commands per second per idle worker
+and one extra read per ticket. This channel:
+
+* keeps a queue's declared options for ``OPTIONS_TTL`` seconds (queues are
+  declared once; a queue not declared yet is looked up again next time);
+* refreshes a queue's expiry at most every ``KEEPALIVE`` seconds (Celery's
+  shortest ``x-expires`` is 10 s);
+* polls fanout queues (``celery inspect``, Flower, ``control``) at most every
+  ``BROADCAST_POLL`` seconds: their tailable cursor keeps what arrives meanwhile;
+* in a worker (``sleep_when_idle``), after ``IDLE_AFTER`` seconds without a
+  message, waits on the wake-up collection (:mod:`core4celery.wakeups`) for up
+  to ``idle_wait`` seconds instead of polling every ``polling_interval``: an
+  idle worker then costs the server one command per ``idle_wait``, and a ring
+  ends the wait at once.
+
+The app uses this transport when its broker is MongoDB (``Core4`` sets
+``broker_transport``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kombu.transport import mongodb
+from kombu.transport.virtual.base import Empty
+from pymongo import CursorType
+from pymongo.cursor import Cursor
+from pymongo.errors import PyMongoError
+
+from .wakeups import WAKEUPS
+
+log = logging.getLogger(__name__)
+
+OPTIONS_TTL = 5.0
+KEEPALIVE = 1.0
+BROADCAST_POLL = 0.25
+IDLE_AFTER = 1.0  # seconds without a message before a worker's consumer waits for wake-ups
+
+_idle_wait = 0.0  # seconds; 0: never wait for wake-ups (every process but a worker)
+
+
+def sleep_when_idle(seconds: float) -> None:
+    """Called in a worker's main process: its idle consumer waits for wake-ups (0 turns it off)."""
+    global _idle_wait
+    _idle_wait = seconds
+TRANSPORT = "core4celery.transport:Transport"
+
+
+class Channel(mongodb.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._options: dict[str, tuple[float, Any]] = {}
+        self._kept: dict[str, float] = {}
+        self._polled: dict[str, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        super()._new_queue(queue, **kwargs)
+        self._options.pop(queue, None)
+
+    def _queue_options(self, queue: str) -> Any:
+        now = time.monotonic()
+        cached = self._options.get(queue)
+        if cached is not None and now - cached[0] < OPTIONS_TTL:
+            return cached[1]
+        doc = self.queues.find_one({"_id": queue})
+        if doc is None:
+            return None  # not declared yet: not cached, so its options count once it is
+        self._options[queue] = (now, doc["options"])
+        return doc["options"]
+
+    def _get_queue_expire(self, queue: Any, argument: str) -> Any:
+        if isinstance(queue, str):
+            options = self._queue_options(queue)
+            return None if options is None else super()._get_queue_expire(options, argument)
+        return super()._get_queue_expire(queue, argument)
+
+    def _update_queues_expire(self, queue: str) -> None:
+        now = time.monotonic()
+        if now - self._kept.get(queue, 0.0) < KEEPALIVE:
+            return
+        self._kept[queue] = now
+        super()._update_queues_expire(queue)
+
+    def _get(self, queue: str, timeout: Any = None) -> Any:
+        if queue in self._fanout_queues:
+            now = time.monotonic()
+            if now - self._polled.get(queue, 0.0) < BROADCAST_POLL:
+                raise Empty()
+            self._polled[queue] = now
+        return super()._get(queue)
+
+
+class Transport(mongodb.Transport):
+    Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_delivery = time.monotonic()
+        self._wake_cursor: Cursor[Any] | None = None
+
+    def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """kombu's loop, with the idle pause of :meth:`_pause` in place of a fixed sleep."""
+        cycle: Any = self.cycle
+        began = time.monotonic()
+        while True:
+            try:
+                cycle.get(self._deliver, timeout=timeout)
+            except Empty:
+                left = None if timeout is None else timeout - (time.monotonic() - began)
+                if left is not None and left <= 0:
+                    raise TimeoutError() from None
+                self._pause(left)
+            else:
+                self._last_delivery = time.monotonic()
+                return
+
+    def _pause(self, left: float | None) -> None:
+        interval = float(self.polling_interval or 0.0)
+        if _idle_wait and self.channels and time.monotonic() - self._last_delivery >= IDLE_AFTER:
+            self._await_wakeup()
+            return
+        time.sleep(interval if left is None else max(0.0, min(interval, left)))
+
+    def _await_wakeup(self) -> None:
+        """One blocking getMore: returns on a ring, or after ``idle_wait`` (then the queues are polled)."""
+        try:
+            cursor = self._wake_cursor
+            if cursor is None or not cursor.alive:
+                cursor = self._wake_cursor = self._tail()
+            next(cursor, None)
+        except PyMongoError as exc:  # the consumer's own poll reports the outage; just do not spin
+            log.debug("core4celery: waiting for wake-ups failed: %s", type(exc).__name__)
+            self._wake_cursor = None
+            time.sleep(float(self.polling_interval or 0.0) or 0.05)
+
+    def _tail(self) -> Cursor[Any]:
+        """A cursor past the newest ring (it starts on that ring: a cursor without a first match dies)."""
+        channels: Any = self.channels
+        wakeups = channels[0].client[WAKEUPS]
+        newest = wakeups.find_one({}, {"_id": 1}, sort=[("$natural", -1)])
+        query = {} if newest is None else {"_id": {"$gte": newest["_id"]}}
+        cursor = wakeups.find(query, cursor_type=CursorType.TAILABLE_AWAIT).max_await_time_ms(int(_idle_wait * 1000))
+        next(cursor, None)  # the newest ring itself, already past
+        return cursor
