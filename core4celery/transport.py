@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 OPTIONS_TTL = 5.0
 KEEPALIVE = 1.0
 BROADCAST_POLL = 0.25
+EAGER_AWAIT = 0.01  # seconds: an await returning faster than this did not wait
 IDLE_AFTER = 1.0  # seconds without a message before a worker's consumer waits for wake-ups
 
 _idle_wait = 0.0  # seconds; 0: never wait for wake-ups (every process but a worker)
@@ -131,12 +132,23 @@ class Transport(mongodb.Transport):
         time.sleep(interval if left is None else max(0.0, min(interval, left)))
 
     def _await_wakeup(self) -> None:
-        """One blocking getMore: returns on a ring, or after ``idle_wait`` (then the queues are polled)."""
+        """Blocking getMores until a ring arrives or ``idle_wait`` has passed (then the queues are polled).
+
+        A server may end an await early without a ring (SecantusDB does on other
+        writes): the wait goes on, and an await that returns at once is followed
+        by a pause, so a server that cannot wait is polled, not spun on.
+        """
+        deadline = time.monotonic() + _idle_wait
         try:
             cursor = self._wake_cursor
             if cursor is None or not cursor.alive:
                 cursor = self._wake_cursor = self._tail()
-            next(cursor, None)
+            while time.monotonic() < deadline:
+                began = time.monotonic()
+                if next(cursor, None) is not None or not cursor.alive:
+                    return
+                if time.monotonic() - began < EAGER_AWAIT:
+                    time.sleep(float(self.polling_interval or 0.0) or 0.05)
         except PyMongoError as exc:  # the consumer's own poll reports the outage; just do not spin
             log.debug("core4celery: waiting for wake-ups failed: %s", type(exc).__name__)
             self._wake_cursor = None

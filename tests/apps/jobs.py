@@ -23,6 +23,8 @@ FAST = {
     "core4celery_run_lease": 4.0,
     "core4celery_dispatch_interval": 0.1,
     "core4celery_outage_timeout": 5.0,
+    # tests/integration/test_wakeups.py starts workers that wait long between polls once idle
+    "core4celery_idle_wait": float(os.environ.get("TEST_IDLE_WAIT") or 1.0),
 }
 
 
