@@ -87,6 +87,11 @@ class Dispatcher:
         ``ring``: the run was long, so the consumer it frees may be waiting for a wake-up.
         """
         with code_path("dispatch"):
+            if self._nothing_due():  # the common idle case: one command, no read before
+                after = self._store.give_and_read(finished)
+                if after is not None and not self._fresh(after):
+                    self.tick()  # a job became due meanwhile: the slot just given goes to it
+                return
             state = self._store.slots()
             left: Holder | None = finished
             if not state.paused:
@@ -148,6 +153,10 @@ class Dispatcher:
             self._scanned = (state.generation, time.monotonic())
             self._ranks = dict(state.ranks)
         return self._candidates
+
+    def _nothing_due(self) -> bool:
+        """This process's last scan found nothing due, and it is recent enough to trust."""
+        return not self._candidates and time.monotonic() - self._scanned[1] < self._ttl
 
     def _fresh(self, state: SlotState) -> bool:
         """Reuse the list unless too old, or a job became due that ranks before the next candidate."""

@@ -210,6 +210,10 @@ class JobStore:
         """A finished run returns its slots (nothing waited for them)."""
         return self._slots.give(holder)
 
+    def give_and_read(self, holder: Holder) -> SlotState | None:
+        """``give`` returning the slots document after it (None: it held nothing)."""
+        return self._slots.give_and_read(holder)
+
     def pause(self, paused: bool) -> None:
         self._slots.pause(paused)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from .connection import Connection, Doc
@@ -134,7 +135,10 @@ class Slots:
         self._ensure()
         gates = self._connection.gates
         found: Doc | None = self._connection.outage.run(lambda: gates.find_one({"_id": SLOTS}), "read the slots")
-        doc: Doc = found or {}
+        return self._state(found or {})
+
+    @staticmethod
+    def _state(doc: Doc) -> SlotState:
         return SlotState(
             free={name_of(k): int(v) for k, v in (doc.get("free") or {}).items()},
             holders={name_of(k): list(v) for k, v in (doc.get("holders") or {}).items()},
@@ -165,10 +169,27 @@ class Slots:
 
     def give(self, holder: Holder) -> bool:
         """Return both slots; False (and no change) when the job holds none."""
+        guard, update = self._give(holder)
+        return self._update(guard, update, f"free the slot of {holder.job_id}")
+
+    def give_and_read(self, holder: Holder) -> SlotState | None:
+        """``give`` that also returns the document as the give left it, in one command.
+
+        None when the job held nothing (or a retried give met its own first attempt).
+        """
+        self._ensure()
+        gates = self._connection.gates
+        guard, update = self._give(holder)
+        doc = self._connection.outage.run(lambda: gates.find_one_and_update(
+            {"_id": SLOTS, **guard}, update, return_document=ReturnDocument.AFTER,
+        ), f"free the slot of {holder.job_id}")
+        return None if doc is None else self._state(doc)
+
+    def _give(self, holder: Holder) -> tuple[dict[str, Any], dict[str, Any]]:
         name = field_key(holder.name)
         update = {"$inc": {f"free.{field_key(holder.queue)}": 1, "v": 1},
                   "$pull": {f"holders.{name}": {"id": holder.job_id, "t": holder.token}}}
-        return self._update({f"holders.{name}": self._holds(holder)}, update, f"free the slot of {holder.job_id}")
+        return {f"holders.{name}": self._holds(holder)}, update
 
     def transfer(self, old: Holder, new: Holder) -> bool:
         """``old``'s slots go straight to ``new``: one command, no idle moment, no other taker in between."""

@@ -116,6 +116,40 @@ def test_hand_over_gives_the_slots_back_when_nothing_is_due(reg: Registry, dispa
     assert reg.raw_slots() == before and tickets(reg) == []
 
 
+def test_after_a_scan_found_nothing_due_a_hand_over_is_one_command(
+    reg: Registry, dispatcher: Dispatcher, hook: CommandHook,
+) -> None:
+    reg.provide({DEFAULT_QUEUE: 2})
+    _, first = reg.running("idle-1")
+    _, second = reg.running("idle-2")
+    assert reg.store.complete(first, "ok", now()) and reg.store.complete(second, "ok", now())
+    dispatcher.hand_over(holder_of_run(first))  # scans: nothing is due
+
+    with hook.record() as sent:
+        dispatcher.hand_over(holder_of_run(second))
+
+    assert sent == [("findAndModify", reg.connection.gates.name)]
+    assert reg.holders("idle-2") == [] and reg.free() == 2 and tickets(reg) == []
+
+
+def test_a_job_enqueued_since_the_scan_that_found_nothing_gets_the_handed_slot(
+    reg: Registry, dispatcher: Dispatcher,
+) -> None:
+    """The one-command hand-over gives the slot back, sees the due generation moved, and fills it."""
+    reg.provide({DEFAULT_QUEUE: 2})
+    _, first = reg.running("idle-1")
+    _, second = reg.running("idle-2")
+    assert reg.store.complete(first, "ok", now()) and reg.store.complete(second, "ok", now())
+    dispatcher.hand_over(holder_of_run(first))  # scans: nothing is due
+    newcomer = reg.enqueue("newcomer")  # waits: enqueue() here does not take a slot
+
+    dispatcher.hand_over(holder_of_run(second))
+
+    assert reg.holders("newcomer") == [newcomer["_id"]] and reg.free() == 1
+    (ticket,) = tickets(reg)
+    assert ticket["id"] == str(newcomer["_id"])
+
+
 def test_hand_over_while_paused_gives_the_slots_back(reg: Registry, dispatcher: Dispatcher) -> None:
     reg.provide({DEFAULT_QUEUE: 1})
     _, run = reg.running("paused")
