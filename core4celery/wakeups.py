@@ -24,7 +24,10 @@ from .process import PerProcess
 log = logging.getLogger(__name__)
 
 WAKEUPS = "messages.wakeups"
-CAPPED_SIZE = 1 << 20
+# A ring only has to be newer than a sleeper's cursor, so a few are plenty; and a capped
+# insert costs in proportion to the documents kept on SecantusDB (5 ms at 1,000, 33 ms at 4,000).
+CAPPED_SIZE = 1 << 16
+CAPPED_MAX = 16
 KOMBU_DEFAULT_DATABASE = "kombu_default"
 
 
@@ -36,7 +39,7 @@ def prepare_wakeups(db: Database[Any]) -> None:
     """The capped collection, never empty (a tailable cursor on an empty collection dies at once)."""
     if WAKEUPS not in db.list_collection_names():
         try:
-            db.create_collection(WAKEUPS, capped=True, size=CAPPED_SIZE)
+            db.create_collection(WAKEUPS, capped=True, size=CAPPED_SIZE, max=CAPPED_MAX)
         except (CollectionInvalid, OperationFailure):
             pass  # created by another process meanwhile
     if db[WAKEUPS].find_one({}, {"_id": 1}) is None:

@@ -44,6 +44,7 @@ from .control import Control
 log = logging.getLogger(__name__)
 
 SLOW_SCAN_FACTOR = 10
+CLAIM_WINDOW = 8  # candidates the server chooses among in one claim
 FULL_PAUSE = 0.05  # seconds an enqueuing process assumes the cluster stays full after a failed take
 
 
@@ -113,35 +114,58 @@ class Dispatcher:
     def _fill(self, state: SlotState, handed: Holder | None, limit: int, ring: bool) -> tuple[int, Holder | None]:
         """Claim candidates in order while slots allow; ``handed``: slots to give away first.
 
+        Each claim lets the server pick the first still-due job of a small
+        window of the cached list (other processes walk the same list).
         Returns the tickets issued and the handed slots if nobody took them.
         """
         issued = 0
         stamp = now()
+        candidates = self._candidates_for(stamp, state)
         used: set[object] = set()
-        for doc in self._candidates_for(stamp, state):
-            if issued >= limit:
+        while issued < limit:
+            window = self._window(candidates, used, state, handed, stamp)
+            if not window:
                 break
-            if handed is not None and doc["_id"] == handed.job_id:
-                used.add(doc["_id"])  # the finished job itself (a stale entry)
-                continue
-            if not state.room(holder_of(doc), handed):
-                continue
-            used.add(doc["_id"])  # whatever happens next, this entry is spent
-            if self._due_inactive(doc, stamp):
-                self._store.inactivate(doc, stamp)
-                continue
-            claim = self._store.claim(doc, stamp, self._settings.ticket_lease, handed=handed)
+            claim, doc = self._store.claim_first(window, stamp, self._settings.ticket_lease, handed=handed)
+            used.update(self._passed(window, doc, claim))
             if claim is Claim.FULL:
                 # the snapshot was stale (others took the slots, or the handed ones are gone):
                 # every further try would cost three commands for nothing; the next tick rereads
-                used.discard(doc["_id"])
                 break
-            if claim is Claim.TICKET:
+            if claim is Claim.TICKET and doc is not None:
                 handed = None
                 self._publish(doc, ring)
                 issued += 1
         self._candidates = [doc for doc in self._candidates if doc["_id"] not in used]
         return issued, handed
+
+    def _window(self, candidates: list[Doc], used: set[object], state: SlotState, handed: Holder | None,
+                stamp: datetime) -> list[Doc]:
+        """The next few unused candidates the slots could serve (due-inactive ones are settled on the way)."""
+        window: list[Doc] = []
+        for doc in candidates:
+            if len(window) >= CLAIM_WINDOW:
+                break
+            if doc["_id"] in used or (handed is not None and doc["_id"] == handed.job_id):
+                continue
+            if not state.room(holder_of(doc), handed):
+                continue
+            if self._due_inactive(doc, stamp):
+                used.add(doc["_id"])
+                self._store.inactivate(doc, stamp)
+                continue
+            window.append(doc)
+        return window
+
+    @staticmethod
+    def _passed(window: list[Doc], claimed: Doc | None, claim: Claim) -> list[object]:
+        """Entries spent by a claim: every one before the claimed job (none of those was due) and,
+        unless it is waiting again (FULL), the claimed job itself."""
+        ids = [doc["_id"] for doc in window]
+        if claimed is None or claimed["_id"] not in ids:
+            return ids
+        end = ids.index(claimed["_id"])
+        return ids[: end if claim is Claim.FULL else end + 1]
 
     def _candidates_for(self, stamp: datetime, state: SlotState) -> list[Doc]:
         if not self._fresh(state):

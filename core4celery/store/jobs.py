@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Any
 
 from bson import ObjectId
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from ..clock import EPOCH, later, now
@@ -205,6 +206,38 @@ class JobStore:
         self._apply(REQUEUE, doc["_id"], {"$set": {"query_at": stamp}, "$unset": {"dispatched_until": ""}},
                     where={"dispatched_until": lease})
         return Claim.FULL
+
+    def claim_first(self, docs: list[Doc], stamp: datetime, ticket_lease: float,
+                    handed: Holder | None = None) -> tuple[Claim, Doc | None]:
+        """``claim`` for the first of ``docs`` (dispatch order) that is still due, in one command.
+
+        Dispatchers in several processes walk the same candidate list; marking
+        one by one, each would spend a failed update on every candidate another
+        process took first. The server picks the first still-due one instead.
+        Returns GONE when none of them is due any more.
+        """
+        lease = later(ticket_lease)
+        token, rev = ObjectId(), ObjectId()
+        guard = {"_id": {"$in": [doc["_id"] for doc in docs]}, **DISPATCH.filter(), "query_at": {"$lte": stamp},
+                 "removed_at": None, "killed_at": None}
+        update = {"$set": {"dispatched_until": lease, "query_at": None, "slot": token, "rev": rev}}
+        jobs = self._connection.jobs
+        # by _id: a few documents, sorted in memory (the dispatch index would read the whole backlog here)
+        attempt = self._outage.call(lambda: jobs.find_one_and_update(
+            guard, update, projection=CANDIDATE_FIELDS, sort=list(DISPATCH_ORDER), hint=[("_id", 1)],
+            return_document=ReturnDocument.AFTER,
+        ), "claim a due job")
+        doc: Doc | None = attempt.value
+        if doc is None and attempt.retried:  # our first attempt may have landed: the rev names it
+            doc = jobs.find_one({"_id": guard["_id"], "rev": rev}, CANDIDATE_FIELDS)
+        if doc is None:
+            return Claim.GONE, None
+        holder = holder_of(doc, token)
+        if self._slots.transfer(handed, holder) if handed is not None else self._slots.take(holder):
+            return Claim.TICKET, doc
+        self._apply(REQUEUE, doc["_id"], {"$set": {"query_at": stamp}, "$unset": {"dispatched_until": ""}},
+                    where={"dispatched_until": lease})
+        return Claim.FULL, doc
 
     def give(self, holder: Holder) -> bool:
         """A finished run returns its slots (nothing waited for them)."""

@@ -225,8 +225,8 @@ def test_a_hand_over_that_finds_its_slots_gone_stops_after_one_try(
     with hook.record() as sent:
         dispatcher.hand_over(holder_of_run(run))
 
-    marks = [c for c in sent if c == ("update", reg.connection.jobs.name)]
-    assert len(marks) == 2, sent  # the first candidate's mark and its undo; nobody else is touched
+    on_jobs = [command for command, collection in sent if collection == reg.connection.jobs.name and command != "find"]
+    assert on_jobs == ["findAndModify", "update"], sent  # one claim and its undo; nobody else is touched
     assert tickets(reg) == [] and all(due(reg, doc) for doc in waiting)
 
 
@@ -249,3 +249,40 @@ def test_tick_fills_the_idle_slots_in_dispatch_order(reg: Registry, dispatcher: 
     assert [t["id"] for t in tickets(reg)] == [str(jobs[3]["_id"]), str(jobs[2]["_id"])]
     assert reg.free() == 0 and due(reg, jobs[0]) and due(reg, jobs[1])
     assert dispatcher.tick() == 0  # no idle slot
+
+
+# -- claiming from a shared candidate list ----------------------------------------
+def test_claim_first_takes_the_first_still_due_job_of_the_window_in_one_command(
+    reg: Registry, other: Registry, hook: CommandHook,
+) -> None:
+    """Two processes walking the same cached list: what the other took first costs nothing."""
+    reg.provide({DEFAULT_QUEUE: 5})
+    docs = [reg.enqueue("window") for _ in range(5)]
+    for doc in docs[:2]:
+        assert other.store.claim(dict(doc), now(), TICKET_LEASE) is Claim.TICKET
+
+    with hook.record() as sent:
+        claim, claimed = reg.store.claim_first(docs, now(), TICKET_LEASE)
+
+    assert claim is Claim.TICKET and claimed is not None and claimed["_id"] == docs[2]["_id"]
+    assert [command for command, collection in sent if collection == reg.connection.jobs.name] == ["findAndModify"]
+    assert reg.holders("window") == [docs[0]["_id"], docs[1]["_id"], docs[2]["_id"]]
+    assert "dispatched_until" in reg.live(docs[2]["_id"]) and due(reg, docs[3])
+
+
+def test_claim_first_follows_dispatch_order_not_list_order(reg: Registry) -> None:
+    reg.provide({DEFAULT_QUEUE: 1})
+    low = reg.enqueue("order-low", priority=0)
+    high = reg.enqueue("order-high", priority=5)
+    claim, claimed = reg.store.claim_first([low, high], now(), TICKET_LEASE)
+    assert claim is Claim.TICKET and claimed is not None and claimed["_id"] == high["_id"]
+    assert due(reg, low)
+
+
+def test_claim_first_of_a_window_nobody_can_claim_any_more_is_gone(reg: Registry, other: Registry) -> None:
+    reg.provide({DEFAULT_QUEUE: 3})
+    docs = [reg.enqueue("taken") for _ in range(2)]
+    for doc in docs:
+        assert other.store.claim(dict(doc), now(), TICKET_LEASE) is Claim.TICKET
+    assert reg.store.claim_first(docs, now(), TICKET_LEASE) == (Claim.GONE, None)
+    assert reg.free() == 1
