@@ -45,6 +45,7 @@ def main() -> int:
         if bench.server.proc is None:
             raise BenchFailed("needs the embedded server (its CPU time is read from /proc)")
         pid = bench.server.proc.pid
+        report["server"] = bench.server_label
         from bench.apps import core4
 
         core4.prepare()

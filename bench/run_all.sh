@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-for bench in throughput latency max_parallel backlog scaling recovery; do
+for bench in throughput latency max_parallel backlog scaling recovery idle; do
   echo "== $bench"
   .venv/bin/python -m "bench.$bench"
 done

@@ -44,6 +44,7 @@ from .control import Control
 log = logging.getLogger(__name__)
 
 SLOW_SCAN_FACTOR = 10
+SLOW_SCAN = 0.25  # seconds: a scan this slow reads SLOW_SCAN_FACTOR times more candidates next time
 CLAIM_WINDOW = 8  # candidates the server chooses among in one claim
 FULL_PAUSE = 0.05  # seconds an enqueuing process assumes the cluster stays full after a failed take
 
@@ -61,6 +62,7 @@ class Dispatcher:
         self._scanned: tuple[int, float] = (-1, 0.0)  # (generation, monotonic time)
         self._ranks: dict[str, int] = {}  # the rank generations the cached list reflects
         self._ttl = settings.candidate_ttl
+        self._scan_limit = settings.dispatch_scan
         self._full_until = 0.0  # monotonic: enqueues until then skip the take (the cluster was full)
 
     # -- the three paths -------------------------------------------------------
@@ -170,10 +172,14 @@ class Dispatcher:
     def _candidates_for(self, stamp: datetime, state: SlotState) -> list[Doc]:
         if not self._fresh(state):
             began = time.monotonic()
-            self._candidates = self._store.due(stamp, self._settings.dispatch_scan)
-            # a slow scan (a big backlog on a server that reads every match) is repeated less often;
-            # jobs made due out of turn still force a rescan through the generation
-            self._ttl = max(self._settings.candidate_ttl, SLOW_SCAN_FACTOR * (time.monotonic() - began))
+            self._candidates = self._store.due(stamp, self._scan_limit)
+            took = time.monotonic() - began
+            # a slow scan (a big backlog on a server that reads every match) is repeated less often
+            # and reads more, so it lasts longer; jobs made due out of turn still force a rescan
+            # through the generation
+            self._ttl = max(self._settings.candidate_ttl, SLOW_SCAN_FACTOR * took)
+            slow = took >= SLOW_SCAN
+            self._scan_limit = self._settings.dispatch_scan * (SLOW_SCAN_FACTOR if slow else 1)
             self._scanned = (state.generation, time.monotonic())
             self._ranks = dict(state.ranks)
         return self._candidates

@@ -25,6 +25,7 @@ SMALL = {
     "scaling": ["--end", "20000", "--chunks", "4", "--prime-workers", "1", "--sleep-chunks", "4",
                 "--sleep-seconds", "0.2", "--sleep-workers", "1,2"],
     "recovery": ["--repeat", "1", "--run-lease", "2", "--heartbeat", "0.5"],
+    "idle": ["--window", "1", "--settle", "1"],
 }
 
 
