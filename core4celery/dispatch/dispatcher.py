@@ -49,6 +49,10 @@ CLAIM_WINDOW = 8  # candidates the server chooses among in one claim
 FULL_PAUSE = 0.05  # seconds an enqueuing process assumes the cluster stays full after a failed take
 
 
+def rank_of(doc: Doc) -> tuple[bool, int]:
+    return bool(doc.get("force")), int(doc.get("priority") or 0)
+
+
 class Dispatcher:
     def __init__(self, store: JobStore, nodes: Nodes, control: Control, app: Celery, settings: Settings,
                  ring: Callable[[str], object] | None = None) -> None:
@@ -143,10 +147,14 @@ class Dispatcher:
 
     def _window(self, candidates: list[Doc], used: set[object], state: SlotState, handed: Holder | None,
                 stamp: datetime) -> list[Doc]:
-        """The next few unused candidates the slots could serve (due-inactive ones are settled on the way)."""
+        """The next few unused candidates of one rank the slots could serve.
+
+        One rank, because the claim lets the server choose the oldest of them;
+        due-inactive candidates are settled on the way.
+        """
         window: list[Doc] = []
         for doc in candidates:
-            if len(window) >= CLAIM_WINDOW:
+            if len(window) >= CLAIM_WINDOW or (window and rank_of(doc) != rank_of(window[0])):
                 break
             if doc["_id"] in used or (handed is not None and doc["_id"] == handed.job_id):
                 continue
@@ -198,7 +206,7 @@ class Dispatcher:
         if not self._candidates:
             return False
         head = self._candidates[0]
-        return not state.outranks(self._ranks, (bool(head.get("force")), int(head.get("priority") or 0)))
+        return not state.outranks(self._ranks, rank_of(head))
 
     @staticmethod
     def _due_inactive(doc: Doc, stamp: datetime) -> bool:

@@ -270,13 +270,22 @@ def test_claim_first_takes_the_first_still_due_job_of_the_window_in_one_command(
     assert "dispatched_until" in reg.live(docs[2]["_id"]) and due(reg, docs[3])
 
 
-def test_claim_first_follows_dispatch_order_not_list_order(reg: Registry) -> None:
+def test_claim_first_takes_the_oldest_of_its_rank(reg: Registry) -> None:
+    """The window is one rank; the server walks the _id index, so the oldest due job goes first (FIFO)."""
     reg.provide({DEFAULT_QUEUE: 1})
-    low = reg.enqueue("order-low", priority=0)
-    high = reg.enqueue("order-high", priority=5)
-    claim, claimed = reg.store.claim_first([low, high], now(), TICKET_LEASE)
-    assert claim is Claim.TICKET and claimed is not None and claimed["_id"] == high["_id"]
-    assert due(reg, low)
+    older = reg.enqueue("fifo")
+    newer = reg.enqueue("fifo")
+    claim, claimed = reg.store.claim_first([newer, older], now(), TICKET_LEASE)
+    assert claim is Claim.TICKET and claimed is not None and claimed["_id"] == older["_id"]
+    assert due(reg, newer)
+
+
+def test_a_fill_claims_across_ranks_in_dispatch_order(reg: Registry, dispatcher: Dispatcher) -> None:
+    reg.provide({DEFAULT_QUEUE: 3})
+    low = reg.enqueue("ranked", priority=0)
+    high = [reg.enqueue("ranked", priority=5) for _ in range(2)]
+    assert dispatcher.tick() == 3
+    assert [ticket["id"] for ticket in tickets(reg)] == [str(high[0]["_id"]), str(high[1]["_id"]), str(low["_id"])]
 
 
 def test_claim_first_of_a_window_nobody_can_claim_any_more_is_gone(reg: Registry, other: Registry) -> None:
