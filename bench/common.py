@@ -102,6 +102,12 @@ class Bench:
         query = {"pid": {"$in": [p.pid for p in self.workers if p.poll() is None]}, "concurrency": {"$gt": 0}}
         wait_until(lambda: registry.workers.count_documents(query) >= count, timeout, f"{count} workers", 0.1)
 
+    def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        self.workers.remove(proc)
+
     def stop_workers(self) -> None:
         for proc in self.workers:
             if proc.poll() is None:

@@ -61,6 +61,7 @@ def main() -> int:
             bench.stop_workers()
             time.sleep(1)
     print(f"server CPU (% of one core) and commands/s over {opts.window:g} s, 2 idle workers x 2")
+    print("plain: plain Celery on kombu's transport with the same broker options (ttl, 0.05 s polling)")
     for label in ("none", "plain", "core4"):
         cpu, rate = report[label]
         print(f"{label:8} {cpu:6.1f} %  {rate:7.1f} commands/s")
