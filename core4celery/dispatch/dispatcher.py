@@ -102,7 +102,7 @@ class Dispatcher:
             state = self._store.slots()
             left: Holder | None = finished
             if not state.paused:
-                _, left = self._fill(state, finished, limit=1, ring=ring)
+                _, left = self._fill(state, finished, limit=1, ring=ring, by_clock=False)
             if left is not None:
                 self._store.give(left)
 
@@ -113,11 +113,12 @@ class Dispatcher:
             free = sum(max(0, n) for n in state.free.values())
             if state.paused or free == 0:
                 return 0
-            issued, _ = self._fill(state, None, limit=free, ring=True)
+            issued, _ = self._fill(state, None, limit=free, ring=True, by_clock=True)
             return issued
 
     # -- filling ---------------------------------------------------------------
-    def _fill(self, state: SlotState, handed: Holder | None, limit: int, ring: bool) -> tuple[int, Holder | None]:
+    def _fill(self, state: SlotState, handed: Holder | None, limit: int, ring: bool,
+              by_clock: bool) -> tuple[int, Holder | None]:
         """Claim candidates in order while slots allow; ``handed``: slots to give away first.
 
         Each claim lets the server pick the first still-due job of a small
@@ -126,7 +127,7 @@ class Dispatcher:
         """
         issued = 0
         stamp = now()
-        candidates = self._candidates_for(stamp, state)
+        candidates = self._candidates_for(stamp, state, by_clock)
         used: set[object] = set()
         while issued < limit:
             window = self._window(candidates, used, state, handed, stamp)
@@ -177,8 +178,15 @@ class Dispatcher:
         end = ids.index(claimed["_id"])
         return ids[: end if claim is Claim.FULL else end + 1]
 
-    def _candidates_for(self, stamp: datetime, state: SlotState) -> list[Doc]:
-        if not self._fresh(state):
+    def _candidates_for(self, stamp: datetime, state: SlotState, by_clock: bool) -> list[Doc]:
+        """``by_clock``: also rescan once ``candidate_ttl`` passed (jobs that became due by the clock).
+
+        Only the timer pass does: with every pool process of every worker
+        rescanning each ``candidate_ttl``, scans (which cost in proportion to
+        the backlog on SecantusDB) took the whole server at 1,000 pending jobs.
+        A hand-over keeps its list until it is used up or outranked.
+        """
+        if not self._fresh(state, by_clock):
             began = time.monotonic()
             self._candidates = self._store.due(stamp, self._scan_limit)
             took = time.monotonic() - began
@@ -196,10 +204,10 @@ class Dispatcher:
         """This process's last scan found nothing due, and it is recent enough to trust."""
         return not self._candidates and time.monotonic() - self._scanned[1] < self._ttl
 
-    def _fresh(self, state: SlotState) -> bool:
+    def _fresh(self, state: SlotState, by_clock: bool = True) -> bool:
         """Reuse the list unless too old, or a job became due that ranks before the next candidate."""
         generation, scanned_at = self._scanned
-        if time.monotonic() - scanned_at >= self._ttl:
+        if time.monotonic() - scanned_at >= self._ttl and (by_clock or not self._candidates):
             return False
         if generation == state.generation:
             return True  # an empty list is fresh too: nothing was due and nothing became due out of turn
