@@ -18,7 +18,7 @@ from core4celery.clock import later, now
 from core4celery.config.options import JobOptions
 from core4celery.dispatch.control import Control
 from core4celery.dispatch.dispatcher import Dispatcher
-from core4celery.store.document import TICKET_HEADER, new_job, ticket_header
+from core4celery.store.document import TICKET_HEADER, Run, new_job, ticket_header
 from core4celery.store.jobs import DEFAULT_QUEUE, Claim
 from core4celery.store.nodes import Nodes
 
@@ -116,14 +116,20 @@ def test_hand_over_gives_the_slots_back_when_nothing_is_due(reg: Registry, dispa
     assert reg.raw_slots() == before and tickets(reg) == []
 
 
-def test_after_a_scan_found_nothing_due_a_hand_over_is_one_command(
-    reg: Registry, dispatcher: Dispatcher, hook: CommandHook,
-) -> None:
+def second_run_after_an_empty_scan(reg: Registry, dispatcher: Dispatcher) -> Run:
+    """Two finished runs; the first one's hand-over scanned and found nothing due."""
     reg.provide({DEFAULT_QUEUE: 2})
     _, first = reg.running("idle-1")
     _, second = reg.running("idle-2")
     assert reg.store.complete(first, "ok", now()) and reg.store.complete(second, "ok", now())
-    dispatcher.hand_over(holder_of_run(first))  # scans: nothing is due
+    dispatcher.hand_over(holder_of_run(first))
+    return second
+
+
+def test_after_a_scan_found_nothing_due_a_hand_over_is_one_command(
+    reg: Registry, dispatcher: Dispatcher, hook: CommandHook,
+) -> None:
+    second = second_run_after_an_empty_scan(reg, dispatcher)
 
     with hook.record() as sent:
         dispatcher.hand_over(holder_of_run(second))
@@ -136,11 +142,7 @@ def test_a_job_enqueued_since_the_scan_that_found_nothing_gets_the_handed_slot(
     reg: Registry, dispatcher: Dispatcher,
 ) -> None:
     """The one-command hand-over gives the slot back, sees the due generation moved, and fills it."""
-    reg.provide({DEFAULT_QUEUE: 2})
-    _, first = reg.running("idle-1")
-    _, second = reg.running("idle-2")
-    assert reg.store.complete(first, "ok", now()) and reg.store.complete(second, "ok", now())
-    dispatcher.hand_over(holder_of_run(first))  # scans: nothing is due
+    second = second_run_after_an_empty_scan(reg, dispatcher)
     newcomer = reg.enqueue("newcomer")  # waits: enqueue() here does not take a slot
 
     dispatcher.hand_over(holder_of_run(second))
