@@ -1,4 +1,5 @@
-"""The chaos run, small: ~60 jobs, 3 worker kills, one pool-child kill, the server down for 5 s.
+"""The chaos run, small: ~150 jobs (enough to outlast two worker kills), 3 worker kills, one pool-child
+kill, the server down for 5 s.
 
 The run itself goes in a subprocess (its own signal handling and cleanup; on a timeout it is
 sent SIGTERM, which still cleans up every process it started). The checker's interval logic is
@@ -20,7 +21,7 @@ import pytest
 
 from tests.chaos.chaos import ARTIFACTS, GATED_MAX, REPO, Chaos, Kill, Options, max_overlap, overlapping_runs
 
-SMALL = ("--jobs", "60", "--seed", "7", "--workers", "3", "--kill-every", "2", "4", "--max-worker-kills", "3",
+SMALL = ("--jobs", "150", "--seed", "7", "--workers", "3", "--kill-every", "2", "4", "--max-worker-kills", "3",
          "--server-down", "5", "--stall-timeout", "30", "--drain-timeout", "150", "--settle", "2")
 RUN_TIMEOUT = 280.0
 
