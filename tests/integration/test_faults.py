@@ -46,17 +46,6 @@ def failpoint(cluster: Cluster) -> Iterator[FailPoint]:
     point.off()
 
 
-def running_body(cluster: Cluster, tag: str) -> str:
-    """A job whose body has begun (and runs ~1.5 s more): fail points set now hit only its ending.
-
-    Set before the enqueue, a fail point on "insert" would also stop the victim's own
-    dispatcher from publishing the ticket.
-    """
-    job_id = cluster.core4.enqueue("t.record", tag=tag, seconds=1.5)
-    wait_for(lambda: cluster.trace.find_one({"tag": tag, "event": "start"}), 30, what="the body to start")
-    return job_id
-
-
 def test_completion_cut_short_is_finished_by_another_worker(cluster: Cluster, failpoint: FailPoint) -> None:
     """Case 1: the run journals its result and dies before deleting the live job."""
     victim = cluster.worker("victim", concurrency=1, app_name=VICTIM)
