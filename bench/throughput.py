@@ -37,23 +37,16 @@ def median_paths(runs: list[dict[str, float]]) -> dict[str, float]:
 LABELS = ("stock", "plain", "core4")
 
 
-def stock_run(bench: Bench, n: int, offset: int) -> float:
+def stock_run(bench: Bench, n: int, offset: int, concurrency: int) -> float:
     """Plain Celery on kombu's own transport: its own worker, started for this run only."""
     from bench.plain_app import plain_only
 
-    worker = bench.worker(concurrency=bench_concurrency(), app="bench.plain_app")
+    worker = bench.worker(concurrency=concurrency, app="bench.plain_app")
     try:
         one_run(plain_only, 20, offset + 900_000)  # until the worker answers, and warm
         return one_run(plain_only, n, offset)
     finally:
         bench.stop_worker(worker)
-
-
-_CONCURRENCY = [2]
-
-
-def bench_concurrency() -> int:
-    return _CONCURRENCY[0]
 
 
 def main() -> int:
@@ -62,7 +55,6 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
     opts = parser.parse_args()
-    _CONCURRENCY[0] = opts.concurrency
     commands = count_commands()
     with Bench("throughput") as bench:
         os.environ["CORE4CELERY_BENCH_PLAIN_URL"] = database_url(bench.url, "bench_throughput_plain")
@@ -81,7 +73,7 @@ def main() -> int:
             for label, task in (("stock", None), ("plain", plain_trivial), ("core4", core4_trivial)):
                 before = counted(commands)
                 offset = (r + 1) * 1_000_000
-                rates[label].append(stock_run(bench, opts.jobs, offset) if task is None
+                rates[label].append(stock_run(bench, opts.jobs, offset, opts.concurrency) if task is None
                                     else one_run(task, opts.jobs, offset))
                 after = counted(commands)
                 counts[label].append(per_job(before, after, opts.jobs))

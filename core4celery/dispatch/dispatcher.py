@@ -97,7 +97,7 @@ class Dispatcher:
             if self._nothing_due():  # the common idle case: one command, no read before
                 after = self._store.give_and_read(finished)
                 if after is not None and not self._fresh(after):
-                    self.tick()  # a job became due meanwhile: the slot just given goes to it
+                    self._fill_idle(after)  # a job became due meanwhile: the slot just given goes to it
                 return
             state = self._store.slots()
             left: Holder | None = finished
@@ -109,12 +109,14 @@ class Dispatcher:
     def tick(self) -> int:
         """Fill idle slots with due jobs; returns the tickets issued."""
         with code_path("dispatch"):
-            state = self._store.slots()
-            free = sum(max(0, n) for n in state.free.values())
-            if state.paused or free == 0:
-                return 0
-            issued, _ = self._fill(state, None, limit=free, ring=True, by_clock=True)
-            return issued
+            return self._fill_idle(self._store.slots())
+
+    def _fill_idle(self, state: SlotState) -> int:
+        free = sum(max(0, n) for n in state.free.values())
+        if state.paused or free == 0:
+            return 0
+        issued, _ = self._fill(state, None, limit=free, ring=True, by_clock=True)
+        return issued
 
     # -- filling ---------------------------------------------------------------
     def _fill(self, state: SlotState, handed: Holder | None, limit: int, ring: bool,
