@@ -23,7 +23,8 @@ from bson import ObjectId
 
 from bench.common import Bench, BenchFailed, forget_workers, plot, run, save, wait_until
 from core4celery.clock import EPOCH, now
-from core4celery.store.connection import DISPATCH_INDEX, DISPATCH_ORDER
+from core4celery.dispatch.front import FRONT_SIZE, OUTSIDE_READ
+from core4celery.store.connection import DISPATCH_ORDER, DUE_INDEX, FRONT_INDEX
 from core4celery.store.document import new_job
 from core4celery.store.slots import Holder
 from core4celery.store.states import REQUEUE
@@ -33,19 +34,28 @@ PLAN_MIN = 1000
 
 
 def fill(core4: Any, size: int) -> float:
-    """Bulk-insert pending jobs shaped exactly like enqueue() writes them."""
+    """Bulk-insert pending jobs shaped exactly like enqueue() writes them.
+
+    The first ``FRONT_SIZE`` in the dispatchers' front and the rest outside
+    it, spilled at their rank: what enqueueing them one by one leaves (the
+    front's keeper trims it each second while they arrive).
+    """
     core4.connection.jobs.delete_many({})
     core4.connection.journal.delete_many({})
     options = core4.task(TASK).core4_options
     began = time.perf_counter()
     batch = []
     for i in range(size):
-        batch.append(new_job(TASK, {"i": i}, options, query_at=now()))
+        doc = new_job(TASK, {"i": i}, options, query_at=now())
+        if i < FRONT_SIZE:
+            doc["front_at"] = doc["query_at"]  # type: ignore[typeddict-unknown-key]
+        batch.append(doc)
         if len(batch) == 2000:
             core4.connection.jobs.insert_many(batch, ordered=False)
             batch = []
     if batch:
         core4.connection.jobs.insert_many(batch, ordered=False)
+    core4.store.spill((bool(options.force), int(options.priority)) if size > FRONT_SIZE else None)
     return time.perf_counter() - began
 
 
@@ -69,34 +79,46 @@ def operations(core4: Any, size: int) -> dict[str, Callable[[int], Any]]:
                                                            {"$set": {"query_at": EPOCH}}),
         "slots take + give": lambda i: (core4.store._slots.take(holder), core4.store._slots.give(holder)),
         "slots read": lambda i: core4.store.slots(),
-        "housekeeping queries": lambda i: (list(reg.jobs.find({"dispatched_until": {"$gt": EPOCH, "$lt": now()}})),
-                                           list(reg.jobs.find({"state": "running", "locked.lease_until": {"$lt": now()}})),
-                                           list(reg.jobs.find({"removed_at": {"$gt": EPOCH}}))),
-        "candidate scan (per pass, limit 200)": lambda i: list(
-            reg.jobs.find({"query_at": {"$lte": now()}}, {"name": 1}).sort(DISPATCH_ORDER).hint(DISPATCH_INDEX)
-            .limit(200)),
+        # each second in every worker: the slot holders, looked up by id
+        "housekeeping round (by holder ids)": lambda i: housekeeping(core4, core4.store.active_ids()),
+        # every >= 30 s (and >= 50x its own duration) per worker: every job
+        "full housekeeping round": lambda i: housekeeping(core4, None),
+        "candidate scan of the front (per pass)": lambda i: core4.store.due(now(), 200),
+        # once per OUTSIDE_READ jobs drained (or when a job outranks the keeper's list)
+        f"keeper's read of {OUTSIDE_READ:,} jobs outside the front": lambda i: core4.store.outside_front(OUTSIDE_READ),
     }
 
 
-REPEATS = {"candidate scan (per pass, limit 200)": 5, "enqueue (insert + dispatch call)": 100}
+def housekeeping(core4: Any, among: list[ObjectId] | None) -> None:
+    stamp = now()
+    core4.store.requeue_lost(stamp, among)
+    core4.store.expired_runs(stamp, among)
+    core4.store.sweep_removed(among)
+
+
+REPEATS = {"candidate scan of the front (per pass)": 20, "enqueue (insert + dispatch call)": 100,
+           f"keeper's read of {OUTSIDE_READ:,} jobs outside the front": 2,
+           "full housekeeping round": 3}
 
 
 def plans(core4: Any) -> dict[str, str]:
     """The winning plan of each query shape; a COLLSCAN is a failure."""
-    shapes = {
-        "candidate scan": ({"query_at": {"$lte": now()}}, dict(DISPATCH_ORDER)),  # hinted, as the dispatcher does
-        "running": ({"state": "running"}, None),
-        "dispatched": ({"dispatched_until": {"$gt": EPOCH}}, None),
-        "removed": ({"removed_at": {"$gt": EPOCH}}, None),
-        "children": ({"mid": "x"}, None),
-        "by id": ({"_id": ObjectId()}, None),
+    shapes: dict[str, tuple[dict[str, Any], dict[str, int] | None, str | None]] = {  # (filter, sort, hint)
+        "candidate scan": ({"front_at": {"$lte": now()}}, dict(DISPATCH_ORDER), FRONT_INDEX),  # as the dispatcher
+        "outside the front": ({"query_at": {"$gt": EPOCH}, "front_at": None}, None, DUE_INDEX),  # as the keeper
+        "running": ({"state": "running"}, None, None),
+        "dispatched": ({"dispatched_until": {"$gt": EPOCH}}, None, None),
+        "removed": ({"removed_at": {"$gt": EPOCH}}, None, None),
+        "children": ({"mid": "x"}, None, None),
+        "by id": ({"_id": ObjectId()}, None, None),
     }
     found = {}
-    for label, (query, sort) in shapes.items():
+    for label, (query, sort, hint) in shapes.items():
         cmd: dict[str, Any] = {"find": core4.connection.jobs.name, "filter": query, "limit": 200}
         if sort:
             cmd["sort"] = sort
-            cmd["hint"] = DISPATCH_INDEX
+        if hint:
+            cmd["hint"] = hint
         plan = core4.connection.db.command("explain", cmd)["queryPlanner"]["winningPlan"]
         stages = []
         while plan:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -47,9 +47,10 @@ SLOW_SCAN_FACTOR = 10
 SLOW_SCAN = 0.25  # seconds: a scan this slow reads SLOW_SCAN_FACTOR times more candidates next time
 CLAIM_WINDOW = 8  # candidates the server chooses among in one claim
 FULL_PAUSE = 0.05  # seconds an enqueuing process assumes the cluster stays full after a failed take
+SPILL_TTL = 0.5  # seconds an enqueuing process trusts the front's spill rank it last read (see front.py)
 
 
-def rank_of(doc: Doc) -> tuple[bool, int]:
+def rank_of(doc: Mapping[str, Any]) -> tuple[bool, int]:
     return bool(doc.get("force")), int(doc.get("priority") or 0)
 
 
@@ -68,6 +69,7 @@ class Dispatcher:
         self._ttl = settings.candidate_ttl
         self._scan_limit = settings.dispatch_scan
         self._full_until = 0.0  # monotonic: enqueues until then skip the take (the cluster was full)
+        self._spill: tuple[tuple[bool, int] | None, float] = (None, -SPILL_TTL)  # (spill rank, monotonic when read)
 
     # -- the three paths -------------------------------------------------------
     def offer(self, doc: JobDoc) -> bool:
@@ -78,15 +80,26 @@ class Dispatcher:
         """
         with code_path("enqueue"):
             if time.monotonic() < self._full_until:
-                self._store.enqueue(doc)
+                self._store.enqueue(doc, self._admits(doc))
                 return False
-            dispatched = self._store.enqueue_dispatched(doc, self._settings.ticket_lease)
+            dispatched = self._store.enqueue_dispatched(doc, self._settings.ticket_lease, lambda: self._admits(doc))
             if not dispatched:
                 self._full_until = time.monotonic() + FULL_PAUSE
         if dispatched:
             with code_path("dispatch"):
                 self._publish(doc, ring=True)  # it took an idle slot: that worker may be asleep
         return dispatched
+
+    def _admits(self, doc: Mapping[str, Any]) -> bool:
+        """Does a new waiting job join the front (it outranks every job left outside)?"""
+        spill, read_at = self._spill
+        if time.monotonic() - read_at >= SPILL_TTL:
+            spill = self._seen(self._store.slots()).spill
+        return spill is None or rank_of(doc) > spill
+
+    def _seen(self, state: SlotState) -> SlotState:
+        self._spill = (state.spill, time.monotonic())
+        return state
 
     def hand_over(self, finished: Holder, ring: bool = False) -> None:
         """A run ended: its slots go to the next due job, or back when nothing waits.
@@ -99,7 +112,7 @@ class Dispatcher:
                 if after is not None and not self._fresh(after):
                     self._fill_idle(after)  # a job became due meanwhile: the slot just given goes to it
                 return
-            state = self._store.slots()
+            state = self._seen(self._store.slots())
             left: Holder | None = finished
             if not state.paused:
                 _, left = self._fill(state, finished, limit=1, ring=ring, by_clock=False)
@@ -112,6 +125,7 @@ class Dispatcher:
             return self._fill_idle(self._store.slots())
 
     def _fill_idle(self, state: SlotState) -> int:
+        self._seen(state)
         free = sum(max(0, n) for n in state.free.values())
         if state.paused or free == 0:
             return 0
@@ -153,11 +167,14 @@ class Dispatcher:
         """The next few unused candidates of one rank the slots could serve.
 
         One rank, because the claim lets the server choose the oldest of them;
-        due-inactive candidates are settled on the way.
+        due-inactive candidates are settled on the way. Nothing ranked below
+        the front's spill rank: jobs outside the front go first.
         """
         window: list[Doc] = []
         for doc in candidates:
             if len(window) >= CLAIM_WINDOW or (window and rank_of(doc) != rank_of(window[0])):
+                break
+            if state.spill is not None and rank_of(doc) < state.spill:
                 break
             if doc["_id"] in used or (handed is not None and doc["_id"] == handed.job_id):
                 continue

@@ -25,6 +25,8 @@ Doc = dict[str, Any]
 # force first, then higher priority, then FIFO: core4's selection order
 DISPATCH_ORDER = [("force", DESCENDING), ("priority", DESCENDING), ("_id", ASCENDING)]
 DISPATCH_INDEX = "dispatch_order"
+DUE_INDEX = "due"
+FRONT_INDEX = "front"  # single-field: SecantusDB bounds a scan on it by the front's size, not the backlog's
 SOCKET_TIMEOUT_MS = 60_000
 
 
@@ -109,6 +111,8 @@ class Connection:
         jobs = self.jobs
         jobs.create_index([("name", ASCENDING), ("args_hash", ASCENDING)], unique=True, name="unique_job")
         jobs.create_index([*DISPATCH_ORDER, ("query_at", ASCENDING)], name=DISPATCH_INDEX)
+        jobs.create_index([("front_at", ASCENDING)], name=FRONT_INDEX, sparse=True)
+        jobs.create_index([("query_at", ASCENDING)], name=DUE_INDEX)
         jobs.create_index([("state", ASCENDING)], name="state")
         jobs.create_index([("dispatched_until", ASCENDING)], name="dispatched", sparse=True)
         jobs.create_index([("locked.worker", ASCENDING)], name="locked_worker", sparse=True)

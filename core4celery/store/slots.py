@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -42,6 +43,11 @@ def field_key(name: str) -> str:
 
 def rank_key(rank: tuple[bool, int]) -> str:
     return f"{int(rank[0])}:{rank[1]}"
+
+
+def rank_of_key(key: str) -> tuple[bool, int]:
+    force, priority = key.split(":")
+    return bool(int(force)), int(priority)
 
 
 def name_of(key: str) -> str:
@@ -72,6 +78,7 @@ class SlotState:
     generation: int
     version: int
     ranks: dict[str, int]  # generation per rank of newly due jobs ("any": an old job due again)
+    spill: tuple[bool, int] | None = None  # new jobs of this rank or lower wait outside the front (see front.py)
 
     def outranks(self, since: Mapping[str, int], rank: tuple[bool, int]) -> bool:
         """Did a job ranking above ``rank`` (or any old job) become due since ``since`` was read?"""
@@ -80,8 +87,7 @@ class SlotState:
                 continue
             if key == "any":
                 return True
-            force, priority = key.split(":")
-            if (bool(int(force)), int(priority)) > rank:
+            if rank_of_key(key) > rank:
                 return True
         return False
 
@@ -144,6 +150,7 @@ class Slots:
             holders={name_of(k): list(v) for k, v in (doc.get("holders") or {}).items()},
             paused=bool(doc.get("paused")), generation=int(doc.get("generation") or 0), version=int(doc.get("v") or 0),
             ranks={k: int(v) for k, v in (doc.get("ranks") or {}).items()},
+            spill=rank_of_key(doc["spill"]) if doc.get("spill") else None,
         )
 
     @staticmethod
@@ -230,6 +237,17 @@ class Slots:
         """
         key = f"ranks.{rank_key(rank)}" if rank is not None else "ranks.any"
         self._update({}, {"$inc": {"generation": 1, key: 1}}, "signal a due job")
+
+    def spill(self, rank: tuple[bool, int] | None) -> None:
+        """New jobs ranking ``rank`` or lower wait outside the front from now on (None: all enter it)."""
+        value = None if rank is None else rank_key(rank)
+        self._update({}, {"$set": {"spill": value}}, "set the front's spill rank")
+
+    def lead(self, owner: str, seconds: float, stamp: Any) -> bool:
+        """Take or renew the lease of the front's keeper (one process keeps the front at a time)."""
+        guard = {"$or": [{"keeper.by": owner}, {"keeper.until": {"$lt": stamp}}, {"keeper": None}]}
+        until = stamp + timedelta(seconds=seconds)
+        return self._update(guard, {"$set": {"keeper": {"by": owner, "until": until}}}, "lead the front")
 
     def pause(self, paused: bool) -> None:
         self._update({}, {"$set": {"paused": paused}, "$inc": {"generation": 1, "ranks.any": 1}},

@@ -16,6 +16,8 @@ import signal
 from collections.abc import Callable
 from datetime import datetime
 
+from bson import ObjectId
+
 from ..clock import now
 from ..store.document import JobDoc, lock_of
 from ..store.jobs import JobStore
@@ -59,12 +61,17 @@ class Node:
         self._in_progress = in_progress
         self._request_dispatch = request_dispatch
 
-    def tend(self) -> None:
-        """Kill what was asked to die, recover what died, flag and renew what really runs."""
+    def tend(self, active: list[ObjectId]) -> None:
+        """Kill what was asked to die, recover what died, flag and renew what really runs.
+
+        ``active``: the slot holders; with the jobs this worker's pool holds
+        they are every job that can run here, looked up by id.
+        """
         renew = []
         stamp = now()
         in_progress = self._in_progress()
-        for doc in self._store.running_on(self.worker_id):
+        among = {*active, *(ObjectId(job_id) for job_id in in_progress if ObjectId.is_valid(job_id))}
+        for doc in self._store.running_on(self.worker_id, among):
             pid = lock_of(doc).get("pid")
             if doc.get("killed_at"):
                 self.kill(doc)

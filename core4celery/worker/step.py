@@ -19,6 +19,7 @@ from celery import bootsteps, signals
 from pymongo.errors import ConnectionFailure
 
 from ..clock import now
+from ..dispatch.front import FrontKeeper
 from ..errors import RegistryUnavailable
 from ..metrics import code_path
 from ..transport import sleep_when_idle
@@ -38,6 +39,7 @@ class Ticker(threading.Thread):
         self.node = node
         self.identity = identity  # worker_id, hostname, concurrency, queues (a callable), started_at
         self.housekeeping = Housekeeping(core4.store, core4.outage, core4.settings.run_lease)
+        self.front = FrontKeeper(core4.store, identity["worker_id"])
         self.stopping = threading.Event()
         self.draining = threading.Event()
 
@@ -68,10 +70,13 @@ class Ticker(threading.Thread):
         draining = self.draining.is_set()
         self.core4.nodes.beat(ident["worker_id"], ident["hostname"], ident["concurrency"], ident["queues"](),
                               ident["started_at"], draining)
-        self.node.tend()
-        self.housekeeping.round()
+        active = self.core4.store.active_ids()
+        self.node.tend(active)
+        self.housekeeping.round(active)
         self.core4.store.repair_slots()
         self.core4.dispatcher.reconcile()
+        if not draining:
+            self.front.keep()
         if not draining and self.core4.control.halt_requested(ident["started_at"]):
             log.warning("core4celery halt requested: finishing running jobs, then exiting")
             self.draining.set()

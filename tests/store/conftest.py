@@ -23,15 +23,19 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from celery import Celery
 from pymongo import monitoring
 
 from core4celery.clock import later, now
 from core4celery.config.options import JobOptions
 from core4celery.config.settings import Settings, database_of
+from core4celery.dispatch.control import Control
+from core4celery.dispatch.dispatcher import Dispatcher
 from core4celery.store.connection import Connection
 from core4celery.store.document import Run, new_job, ticket_header
 from core4celery.store.jobs import DEFAULT_QUEUE, Claim, JobStore
 from core4celery.store.journal import Journal
+from core4celery.store.nodes import Nodes
 from core4celery.store.slots import SLOTS, Holder, SlotState
 from core4celery.store.states import State
 
@@ -60,7 +64,8 @@ class CommandHook(monitoring.CommandListener):
     the first one's action.
 
     ``record()`` lists the commands the calling thread issues meanwhile, as
-    ``(command, collection)``: how many round trips a hot path costs.
+    ``(command, collection)``: how many round trips a hot path costs;
+    ``queries`` holds the filters of the recorded finds and updates.
     """
 
     def __init__(self) -> None:
@@ -70,6 +75,7 @@ class CommandHook(monitoring.CommandListener):
         self.errors: list[BaseException] = []
         self.fired = 0
         self._recording: dict[int, list[tuple[str, object]]] = {}
+        self.queries: list[tuple[str, object, Any]] = []  # (command, collection, filter) while recording
 
     @contextlib.contextmanager
     def record(self) -> Iterator[list[tuple[str, object]]]:
@@ -91,6 +97,7 @@ class CommandHook(monitoring.CommandListener):
             self._armed.clear()
             self._pending.clear()
             self._recording.clear()
+            self.queries.clear()
             self.errors.clear()
             self.fired = 0
 
@@ -100,6 +107,10 @@ class CommandHook(monitoring.CommandListener):
             seen = self._recording.get(threading.get_ident())
             if seen is not None:
                 seen.append((event.command_name, target))
+                query = event.command.get("filter")
+                for update in event.command.get("updates") or []:
+                    query = update.get("q")
+                self.queries.append((event.command_name, target, query))
             for entry in self._armed:
                 thread, command, collection, action = entry
                 if thread == threading.get_ident() and command == event.command_name and target == collection:
@@ -334,3 +345,18 @@ def race(*calls: Callable[[], Any], timeout: float = 60.0) -> list[Any]:
     if errors:
         raise errors[0]
     return results
+
+
+# -- a dispatcher as Core4 builds one ------------------------------------------------
+@pytest.fixture
+def app(db_url: str) -> Iterator[Celery]:
+    celery = Celery("store-tests", broker=db_url)
+    yield celery
+    celery.close()
+
+
+@pytest.fixture
+def dispatcher(reg: Registry, app: Celery) -> Dispatcher:
+    connection = reg.connection
+    return Dispatcher(reg.store, Nodes(connection, reg.settings.worker_timeout), Control(connection), app,
+                      reg.settings)

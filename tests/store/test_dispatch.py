@@ -8,37 +8,17 @@ document in the broker's ``messages`` collection, read back here.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
-from celery import Celery
 
 from core4celery.clock import later, now
 from core4celery.config.options import JobOptions
-from core4celery.dispatch.control import Control
 from core4celery.dispatch.dispatcher import Dispatcher
 from core4celery.store.document import TICKET_HEADER, Run, new_job, ticket_header
 from core4celery.store.jobs import DEFAULT_QUEUE, Claim
-from core4celery.store.nodes import Nodes
 
 from .conftest import TICKET_LEASE, CommandHook, Job, Registry, holder_of_run, lock, untokened
 
 Q2 = "q2"
-
-
-@pytest.fixture
-def app(db_url: str) -> Iterator[Celery]:
-    celery = Celery("store-tests", broker=db_url)
-    yield celery
-    celery.close()
-
-
-@pytest.fixture
-def dispatcher(reg: Registry, app: Celery) -> Dispatcher:
-    connection = reg.connection
-    return Dispatcher(reg.store, Nodes(connection, reg.settings.worker_timeout), Control(connection), app,
-                      reg.settings)
 
 
 def tickets(reg: Registry) -> list[dict[str, Any]]:
@@ -65,7 +45,7 @@ def test_hand_over_gives_the_finished_runs_slots_to_the_highest_priority_due_job
     low = reg.enqueue("low", priority=0)
     high = reg.enqueue("high", priority=5)
     not_yet = reg.enqueue("not-yet", priority=9)
-    reg.connection.jobs.update_one({"_id": not_yet["_id"]}, {"$set": {"query_at": later(600)}})
+    reg.connection.jobs.update_one({"_id": not_yet["_id"]}, {"$set": {"query_at": later(600), "front_at": later(600)}})
     assert reg.store.claim(high, now(), TICKET_LEASE) is Claim.FULL  # no idle slot: it waits
     assert reg.store.complete(run, "ok", now())
 
@@ -104,7 +84,7 @@ def test_hand_over_gives_the_slots_back_when_nothing_is_due(reg: Registry, dispa
     reg.provide({DEFAULT_QUEUE: 2})
     _, run = reg.running("alone")
     later_job = reg.enqueue("later")
-    reg.connection.jobs.update_one({"_id": later_job["_id"]}, {"$set": {"query_at": later(600)}})
+    reg.connection.jobs.update_one({"_id": later_job["_id"]}, {"$set": {"query_at": later(600), "front_at": later(600)}})
     assert reg.store.complete(run, "ok", now())
 
     dispatcher.hand_over(holder_of_run(run))
@@ -228,7 +208,7 @@ def test_a_hand_over_that_finds_its_slots_gone_stops_after_one_try(
         dispatcher.hand_over(holder_of_run(run))
 
     on_jobs = [command for command, collection in sent if collection == reg.connection.jobs.name and command != "find"]
-    assert on_jobs == ["findAndModify", "update"], sent  # one claim and its undo; nobody else is touched
+    assert on_jobs == ["update", "update"], sent  # one claim and its undo; nobody else is touched
     assert tickets(reg) == [] and all(due(reg, doc) for doc in waiting)
 
 
@@ -254,7 +234,7 @@ def test_tick_fills_the_idle_slots_in_dispatch_order(reg: Registry, dispatcher: 
 
 
 # -- claiming from a shared candidate list ----------------------------------------
-def test_claim_first_takes_the_first_still_due_job_of_the_window_in_one_command(
+def test_claim_first_takes_the_first_still_due_job_of_the_window_in_one_update(
     reg: Registry, other: Registry, hook: CommandHook,
 ) -> None:
     """Two processes walking the same cached list: what the other took first costs nothing."""
@@ -267,7 +247,9 @@ def test_claim_first_takes_the_first_still_due_job_of_the_window_in_one_command(
         claim, claimed = reg.store.claim_first(docs, now(), TICKET_LEASE)
 
     assert claim is Claim.TICKET and claimed is not None and claimed["_id"] == docs[2]["_id"]
-    assert [command for command, collection in sent if collection == reg.connection.jobs.name] == ["findAndModify"]
+    # one update by _id (the server picks) and a read of what it marked: no find_one_and_update,
+    # which reads the whole collection on SecantusDB
+    assert [command for command, collection in sent if collection == reg.connection.jobs.name] == ["update", "find"]
     assert reg.holders("window") == [docs[0]["_id"], docs[1]["_id"], docs[2]["_id"]]
     assert "dispatched_until" in reg.live(docs[2]["_id"]) and due(reg, docs[3])
 

@@ -188,7 +188,7 @@ def test_claim_while_paused_is_full(reg: Registry) -> None:
 def test_claim_of_a_job_no_longer_due_is_gone_and_holds_no_slot(reg: Registry, how: str) -> None:
     doc = reg.enqueue("gone")
     if how == "not due":
-        reg.connection.jobs.update_one({"_id": doc["_id"]}, {"$set": {"query_at": later(600)}})
+        reg.connection.jobs.update_one({"_id": doc["_id"]}, {"$set": {"query_at": later(600), "front_at": later(600)}})
     elif how == "killed":
         assert reg.store.kill(doc, "test")
     elif how == "removal requested":
@@ -738,7 +738,7 @@ def test_due_orders_force_then_priority_then_fifo(reg: Registry) -> None:
     low2 = reg.enqueue("order", priority=0)
     forced = reg.enqueue("order", priority=-3, force=True)
     later_job = reg.enqueue("order", priority=9)
-    reg.connection.jobs.update_one({"_id": later_job["_id"]}, {"$set": {"query_at": later(600)}})
+    reg.connection.jobs.update_one({"_id": later_job["_id"]}, {"$set": {"query_at": later(600), "front_at": later(600)}})
     assert [d["_id"] for d in reg.store.due(now(), 10)] == [forced["_id"], high["_id"], low["_id"], low2["_id"]]
     assert [d["_id"] for d in reg.store.due(now(), 2)] == [forced["_id"], high["_id"]]
 
