@@ -39,14 +39,18 @@ def counted(directory: Path) -> Counter[str]:
     return read_counts(directory)
 
 
-def wait_per_job(before: Counter[str], after: Counter[str], jobs: int) -> dict[str, float]:
-    """Milliseconds per job spent waiting for server replies, by code path (all processes summed)."""
+def wait_per_job(before: Counter[str], after: Counter[str], jobs: int, detail: bool = False) -> dict[str, float]:
+    """Milliseconds per job spent waiting for server replies, by code path (all processes summed).
+
+    ``detail``: by path and command name instead.
+    """
     from core4celery.metrics import TIME_PREFIX
 
     paths: Counter[str] = Counter()
     for key, micros in (after - before).items():
         if key.startswith(TIME_PREFIX):
-            paths[key[len(TIME_PREFIX):].split("/", 1)[0]] += micros
+            path = key[len(TIME_PREFIX):]
+            paths[path if detail else path.split("/", 1)[0]] += micros
     return {path: round(n / 1000 / jobs, 2) for path, n in sorted(paths.items())}
 
 

@@ -14,7 +14,19 @@ import argparse
 import time
 from typing import Any
 
-from bench.common import Bench, BenchFailed, plot, run, save, wait_drained, wait_until
+from bench.common import (
+    Bench,
+    BenchFailed,
+    count_commands,
+    counted,
+    per_job,
+    plot,
+    run,
+    save,
+    wait_drained,
+    wait_per_job,
+    wait_until,
+)
 
 LIMIT = 3  # bench.limited's max_parallel
 
@@ -37,6 +49,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=4)
     opts = parser.parse_args()
+    commands = count_commands()
     with Bench("max_parallel") as bench:
         from bench.apps import core4, limited, trace
 
@@ -44,6 +57,7 @@ def main() -> int:
         for _ in range(opts.workers):
             bench.worker(concurrency=opts.concurrency)
         bench.wait_workers(core4.connection, opts.workers)
+        before = counted(commands)
         began = time.monotonic()
         for i in range(opts.jobs):
             limited.delay(i, opts.seconds)
@@ -52,6 +66,7 @@ def main() -> int:
                    "every job to finish", interval=0.1)
         elapsed = time.monotonic() - began
         wait_drained(core4)
+        after = counted(commands)
         docs = list(collection.find({}, {"start": 1, "finish": 1, "worker": 1}))
         server = bench.server_label
     if len(docs) != opts.jobs or len({d["_id"] for d in docs}) != opts.jobs:
@@ -61,10 +76,18 @@ def main() -> int:
     ideal = opts.jobs * opts.seconds / LIMIT
     report = {"server": server, "jobs": opts.jobs, "seconds": opts.seconds, "limit": LIMIT, "peak": peak,
               "elapsed": elapsed, "ideal": ideal, "efficiency": ideal / elapsed,
-              "workers": f"{opts.workers} x concurrency {opts.concurrency}", "workers_used": workers}
+              "workers": f"{opts.workers} x concurrency {opts.concurrency}", "workers_used": workers,
+              "commands_per_job": per_job(before, after, opts.jobs),
+              "reply_wait_ms_per_job": wait_per_job(before, after, opts.jobs),
+              "commands_per_job_by_name": per_job(before, after, opts.jobs, detail=True),
+              "reply_wait_ms_per_job_by_name": wait_per_job(before, after, opts.jobs, detail=True)}
     print(f"{opts.jobs} jobs x {opts.seconds:g} s, max_parallel={LIMIT}, {report['workers']}, {server}")
     print(f"highest observed concurrency: {peak} (limit {LIMIT}); workers used: {len(workers)}")
     print(f"elapsed {elapsed:.1f} s, ideal {ideal:.1f} s, efficiency {ideal / elapsed:.0%}")
+    print(f"commands per job: {report['commands_per_job']}")
+    print(f"reply wait ms per job: {report['reply_wait_ms_per_job']}")
+    for key, n in report["commands_per_job_by_name"].items():
+        print(f"  {key:40} {n:6.2f} commands {report['reply_wait_ms_per_job_by_name'].get(key, 0):8.2f} ms")
     save("max_parallel", report)
 
     def draw(ax: Any) -> None:
