@@ -45,12 +45,11 @@ class RegistryBackend(BaseBackend):
         """Results live as long as the job's journal entry."""
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
-        try:
-            doc = self._store.find(task_id)
-        except JobNotFound:
-            doc = None
+        """A job id names a job from its enqueue on (live, then journaled), so an id found
+        nowhere is an error, not a job that is PENDING for ever as Celery would have it."""
+        doc = self._store.find(task_id)  # JobNotFound for a string that is not an id
         if doc is None:
-            return {"status": celery_states.PENDING, "result": None, "task_id": task_id}
+            raise JobNotFound(f"no job has the id {task_id!r} (neither waiting, running nor journaled)")
         state = CELERY_STATE.get(doc["state"], celery_states.PENDING)
         meta: dict[str, Any] = {"status": state, "task_id": task_id, "result": None, "traceback": None}
         if state == celery_states.SUCCESS:

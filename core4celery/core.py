@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections import ChainMap
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from functools import cached_property
@@ -24,12 +25,13 @@ from .broker import prepare_broker
 from .clock import later, now
 from .config.numbers import check_seconds
 from .config.options import ENQUEUE_OPTIONS
-from .config.settings import Settings
+from .config.settings import CONF_PREFIX, Settings, mask_url
 from .dispatch.background import BackgroundHandover
 from .dispatch.control import Control
 from .dispatch.dispatcher import Dispatcher
 from .errors import InvalidArguments, JobNotFound, UnknownTask
 from .events import JobEvents
+from .inspection import mask_remote_inspection
 from .metrics import code_path
 from .operations import Operations, Outcome
 from .store.connection import Connection, Doc
@@ -53,6 +55,7 @@ APP_DEFAULTS = {
     # outcome is already in the registry, so there is no late result worth waiting for
     "worker_lost_wait": 1.0,
 }
+URL_SETTING = CONF_PREFIX + "mongodb_url"
 # headers, properties and the kwargs repr Celery adds around the body of a ticket
 TICKET_OVERHEAD = 16 * 1024
 
@@ -72,16 +75,31 @@ class Core4:
         if settings is not None:
             self.__dict__["settings"] = settings
         self._worker_id: str | None = None
+        self._conf_url: str | None = None  # core4celery_mongodb_url as configured; app.conf keeps it masked
         app.core4celery = self
         app.add_defaults(APP_DEFAULTS)
+        mask_remote_inspection()
         if app.configured:
-            use_core4_transport(app)
+            self._configured(app)
         else:
-            app.on_after_configure.connect(lambda sender, **_: use_core4_transport(sender), weak=False)
+            app.on_after_configure.connect(lambda sender, **_: self._configured(sender), weak=False)
         app.steps["worker"].add(Core4WorkerStep)
         signals.after_task_publish.connect(self._ring_for_plain_task, weak=False)
         # tasks defined from here on are created (and validated) at decoration time
         app.finalize()
+
+    def _configured(self, app: Celery) -> None:
+        use_core4_transport(app)
+        self._hide_url()
+
+    def _hide_url(self) -> None:
+        """Keep the registry's URL out of ``app.conf``: that is what ``celery report`` prints and
+        Flower's config tab shows, and Celery masks only settings whose names it knows."""
+        conf = self.app.conf
+        url = conf.get(URL_SETTING)
+        if isinstance(url, str) and mask_url(url) != url:
+            self._conf_url = url
+            conf[URL_SETTING] = mask_url(url)
 
     def _ring_for_plain_task(self, sender: str | None = None, routing_key: str | None = None,
                              headers: Mapping[str, Any] | None = None, **_: Any) -> None:
@@ -95,7 +113,11 @@ class Core4:
     # -- services, built once ------------------------------------------------
     @cached_property
     def settings(self) -> Settings:
-        return Settings.from_conf(self.app.conf)
+        self._hide_url()  # set after Core4(app) was made
+        conf = self.app.conf
+        if self._conf_url is None:
+            return Settings.from_conf(conf)
+        return Settings.from_conf(ChainMap({URL_SETTING: self._conf_url}, conf))
 
     @cached_property
     def connection(self) -> Connection:
@@ -178,12 +200,21 @@ class Core4:
         found = self.app.tasks.get(name) if isinstance(name, str) else None
         if not isinstance(found, Core4Task):
             known = sorted(n for n, t in self.app.tasks.items() if isinstance(t, Core4Task))
-            raise UnknownTask(f"{name!r} is not a registered core4 task; known: {', '.join(known) or 'none'}")
+            shown = repr(name) if isinstance(name, str) else f"{task!r} ({type(task).__name__})"
+            raise UnknownTask(f"{shown} is not a registered core4 task; known: {', '.join(known) or 'none'}")
         return found
 
     def enqueue(self, task: Task | str, /, **kwargs: Any) -> str:
         """core4-style enqueue: option names set options, everything else is an argument."""
-        mid = kwargs.pop("_mid", None)
+        if "_mid" in kwargs:
+            raise InvalidArguments("_mid (a child's mother) is set by self.enqueue() in a running job, not passed")
+        return self._enqueue(task, kwargs, mid=None)
+
+    def enqueue_child(self, mother_id: str, task: Task | str, /, **kwargs: Any) -> str:
+        """``enqueue`` of a child of the running job ``mother_id`` (``Core4Task.enqueue``)."""
+        return self._enqueue(task, kwargs, mid=mother_id)
+
+    def _enqueue(self, task: Task | str, kwargs: dict[str, Any], mid: str | None) -> str:
         found = self.task(task)
         options = {key: kwargs.pop(key) for key in ENQUEUE_OPTIONS if key in kwargs}
         explicit = kwargs.pop("args", None) or {}

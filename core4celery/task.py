@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from celery import Task
 from celery.result import AsyncResult
 
-from .config.options import JobOptions, check_author
+from .config.options import ENQUEUE_OPTIONS, JobOptions, check_author, option_hint
 from .errors import ConfigurationError, InvalidArguments
 from .signals import JobDeferred
 from .store.document import TICKET_HEADER
@@ -110,7 +110,12 @@ class Core4Task(Task):
     ) -> AsyncResult:
         unsupported = sorted(k for k, v in options.items() if k not in CALL_OPTIONS and v is not None)
         if unsupported:
-            raise InvalidArguments(f"{self.name}: calling option(s) not supported by core4 tasks: {unsupported}")
+            raise InvalidArguments(f"{self.name}: calling option(s) not supported by core4 tasks: {unsupported}"
+                                   f"{option_hint(unsupported, CALL_OPTIONS)}")
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise InvalidArguments(f"{self.name}: args must be a list or tuple, got {args!r} ({type(args).__name__})")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise InvalidArguments(f"{self.name}: kwargs must be a dict, got {kwargs!r} ({type(kwargs).__name__})")
         arguments = self.bind_arguments(tuple(args or ()), dict(kwargs or {}))
         job_id = self.core4.submit(self, arguments, **{k: options.get(k) for k in CALL_OPTIONS})
         return self.AsyncResult(job_id)
@@ -121,7 +126,7 @@ class Core4Task(Task):
         try:
             bound = inspect.signature(func).bind(*args, **kwargs)
         except TypeError as exc:
-            raise InvalidArguments(f"{self.name}: {exc}") from None
+            raise InvalidArguments(f"{self.name}: {exc}{option_hint(kwargs, ENQUEUE_OPTIONS)}") from None
         named: dict[str, Any] = {}
         for key, value in bound.arguments.items():
             kind = bound.signature.parameters[key].kind
@@ -160,9 +165,10 @@ class Core4Task(Task):
 
     def enqueue(self, task: Task | str, **kwargs: Any) -> str:
         """Enqueue a child job tagged with this job's id as its ``mid``."""
-        if self.job_id is None:
+        job_id = self.job_id
+        if job_id is None:
             raise InvalidArguments("enqueue() of a child needs a running job; use Core4.enqueue()")
-        return self.core4.enqueue(task, _mid=self.job_id, **kwargs)
+        return self.core4.enqueue_child(job_id, task, **kwargs)
 
     def children(self) -> list[JobDoc]:
         """Live (not yet journaled) child jobs of this job."""

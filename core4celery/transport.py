@@ -20,6 +20,10 @@ and one extra read per ticket. This channel:
   idle worker then costs the server one command per ``idle_wait``, and a ring
   ends the wait at once.
 
+* moves a message it cannot read (no payload, not JSON, not a kombu message)
+  to ``messages.rejected`` with a warning, instead of raising inside the
+  consumer, which Celery takes for an unrecoverable error and stops the worker.
+
 The app uses this transport when its broker is MongoDB (``Core4`` sets
 ``broker_transport``).
 """
@@ -32,7 +36,9 @@ from typing import Any
 
 from kombu.transport import mongodb
 from kombu.transport.virtual.base import Empty
-from pymongo import CursorType
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+from pymongo import ASCENDING, CursorType
 from pymongo.cursor import Cursor
 from pymongo.errors import PyMongoError
 
@@ -45,6 +51,7 @@ KEEPALIVE = 1.0
 BROADCAST_POLL = 0.25
 EAGER_AWAIT = 0.01  # seconds: an await returning faster than this did not wait
 IDLE_AFTER = 1.0  # seconds without a message before a worker's consumer waits for wake-ups
+REJECTED = "messages.rejected"  # where unreadable messages go, beside kombu's collections
 
 _idle_wait = 0.0  # seconds; 0: never wait for wake-ups (every process but a worker)
 
@@ -97,7 +104,46 @@ class Channel(mongodb.Channel):
             if now - self._polled.get(queue, 0.0) < BROADCAST_POLL:
                 raise Empty()
             self._polled[queue] = now
-        return super()._get(queue)
+            try:
+                return super()._get(queue)
+            except (KeyError, TypeError, ValueError) as exc:  # a broadcast stays in its capped collection
+                log.warning("core4celery: skipped an unreadable broadcast message on %s (%s)", queue, exc)
+                raise Empty() from None
+        msg = self.messages.find_one_and_delete({"queue": queue}, sort=[("priority", ASCENDING)])
+        if self.ttl:
+            self._update_queues_expire(queue)
+        if msg is None:
+            raise Empty()
+        payload = readable(msg)
+        if isinstance(payload, str):
+            self._reject(msg, payload)
+            raise Empty()
+        return payload
+
+    def _reject(self, msg: dict[str, Any], reason: str) -> None:
+        """Out of the queue for good (it is already deleted), kept where an operator can look at it."""
+        log.warning("core4celery: moved unreadable message %s of queue %s to %s: %s",
+                    msg.get("_id"), msg.get("queue"), REJECTED, reason)
+        try:
+            self.client[REJECTED].insert_one({**msg, "reason": reason, "rejected_at": time.time()})
+        except PyMongoError as exc:
+            log.warning("core4celery: could not keep rejected message %s: %s", msg.get("_id"), type(exc).__name__)
+
+
+def readable(msg: dict[str, Any]) -> dict[str, Any] | str:
+    """The message's payload, or why a consumer could not take it (kombu would raise far down)."""
+    raw = msg.get("payload")
+    if not isinstance(raw, (str, bytes)):
+        return "no payload" if raw is None else f"payload is a {type(raw).__name__}, not JSON text"
+    try:
+        payload = loads(bytes_to_str(raw))
+    except ValueError as exc:
+        return f"payload is not JSON ({exc})"
+    if not isinstance(payload, dict) or not isinstance(payload.get("properties"), dict):
+        return "payload is not a kombu message (no properties)"
+    if "delivery_tag" not in payload["properties"]:
+        return "payload is not a kombu message (no delivery_tag)"
+    return payload
 
 
 class Transport(mongodb.Transport):

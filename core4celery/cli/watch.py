@@ -10,12 +10,15 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import click
 
 from ..clock import now
+from ..config.numbers import check_seconds
 from ..core import Core4
+from ..errors import InvalidArguments
 from ..store.document import JobDoc
 from ..store.states import FINAL, State
 from . import handle, main, reported
@@ -106,10 +109,23 @@ class Screen:
         self.last = dict(view.lines)
 
 
+def seconds(zero: bool) -> Callable[[click.Context, click.Parameter, float], float]:
+    """A click callback: a finite duration (> 0, or >= 0 with ``zero``), refused as a usage error."""
+    def check(ctx: click.Context, param: click.Parameter, value: float) -> float:
+        try:
+            check_seconds(f"--{param.name}", value, InvalidArguments, zero=zero)
+        except InvalidArguments as exc:
+            raise click.BadParameter(str(exc)) from None
+        return value
+    return check
+
+
 @main.command()
 @click.argument("job_id", required=False, metavar="[ID]")
-@click.option("--interval", default=1.0, show_default=True, help="seconds between refreshes")
-@click.option("--timeout", default=0.0, help="give up after this many seconds (0: wait for ever)")
+@click.option("--interval", default=1.0, show_default=True, callback=seconds(zero=False),
+              help="seconds between refreshes")
+@click.option("--timeout", default=0.0, callback=seconds(zero=True),
+              help="give up after this many seconds (0: wait for ever)")
 @click.pass_context
 def watch(ctx: click.Context, job_id: str | None, interval: float, timeout: float) -> None:
     """Progress bars until the job (and its children), or every active job, finished.

@@ -6,6 +6,8 @@ Validation happens when a task class is created, so a typo such as
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -53,11 +55,24 @@ class JobOptions:
     def override(self, values: dict[str, Any]) -> JobOptions:
         unknown = set(values) - set(ENQUEUE_OPTIONS)
         if unknown:
-            raise InvalidOption(f"unknown job option(s): {', '.join(sorted(unknown))}")
+            raise InvalidOption(f"unknown job option(s): {', '.join(sorted(unknown))}"
+                                f"{option_hint(unknown, ENQUEUE_OPTIONS)}")
         return replace(self, **values)
 
     def as_document(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def option_hint(given: Iterable[str], known: Iterable[str]) -> str:
+    """``" (did you mean max_parallel?)"`` for a name close to a known option (a typo), else ``""``."""
+    names = list(known)
+    for name in sorted(given):
+        if name in names:
+            continue
+        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.75)
+        if close:
+            return f" (did you mean the option {close[0]} instead of {name}?)"
+    return ""
 
 
 def check_author(task_cls: type) -> None:

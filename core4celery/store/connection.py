@@ -15,7 +15,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
-from ..config.settings import Settings
+from ..config.settings import Settings, redact, user_of
 from ..errors import ConfigurationError, JobNotFound
 from ..process import PerProcess
 from .outage import Outage
@@ -93,8 +93,10 @@ class Connection:
 
     def _refused(self, exc: OperationFailure) -> str:
         if exc.code == 18:
-            return f"MongoDB at {self.settings.masked_url}: authentication failed"
-        return f"MongoDB at {self.settings.masked_url} refused: {exc.details and exc.details.get('errmsg')}"
+            user = user_of(self.settings.mongodb_url)
+            return f"MongoDB at {self.settings.masked_url}: authentication failed for user {user!r} (check the password)"
+        message = str(exc.details and exc.details.get("errmsg"))
+        return f"MongoDB at {self.settings.masked_url} refused: {redact(message, self.settings.mongodb_url)}"
 
     def ensure_indexes(self) -> None:
         """Every per-job query is served by one of these; a worker starting during an outage waits it out."""

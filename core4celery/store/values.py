@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 import bson
@@ -26,7 +27,7 @@ MAX_DEPTH = 90  # MongoDB refuses documents nested deeper than 100 levels
 
 def check_json(value: Any, what: str = "job arguments") -> None:
     """JSON-safe, unchanged by a round trip, and storable by the server."""
-    _walk(value, what, 0)  # first: it also bounds the depth json.dumps would recurse into
+    _walk(value, what, 0, finite=True)  # first: it also bounds the depth json.dumps would recurse into
     try:
         text = json.dumps(value, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -53,24 +54,32 @@ def _check_size(value: Any, what: str, limit: int) -> None:
         raise InvalidArguments(f"{what}: {size:,} bytes exceed the storable size of {limit:,} bytes")
 
 
-def _walk(value: Any, path: str, depth: int) -> None:
+def _walk(value: Any, path: str, depth: int, finite: bool = False) -> None:
+    """``finite``: refuse NaN and infinity too (JSON has no form for them; BSON has)."""
     if depth > MAX_DEPTH:
         raise InvalidArguments(f"{path}: nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, bool) or value is None or isinstance(value, float):
+    if isinstance(value, bool) or value is None:
         return
-    if isinstance(value, int):
-        if not INT64_MIN <= value <= INT64_MAX:
-            shown = str(value) if value.bit_length() <= 256 else f"of {value.bit_length()} bits"
-            raise InvalidArguments(f"{path}: int {shown} exceeds MongoDB's 8-byte range")
+    if isinstance(value, (int, float)):
+        _check_number(value, path, finite)
     elif isinstance(value, str):
         _check_text(value, path)
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_key(key, path)
-            _walk(item, f"{path}[{key!r}]", depth + 1)
+            _walk(item, f"{path}[{key!r}]", depth + 1, finite)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _walk(item, f"{path}[{index}]", depth + 1)
+            _walk(item, f"{path}[{index}]", depth + 1, finite)
+
+
+def _check_number(value: float, path: str, finite: bool) -> None:
+    if isinstance(value, float):
+        if finite and not math.isfinite(value):
+            raise InvalidArguments(f"{path}: {value!r} has no JSON form (NaN and infinity are not JSON)")
+    elif not INT64_MIN <= value <= INT64_MAX:
+        shown = str(value) if value.bit_length() <= 256 else f"of {value.bit_length()} bits"
+        raise InvalidArguments(f"{path}: int {shown} exceeds MongoDB's 8-byte range")
 
 
 def _check_text(text: str, path: str) -> None:

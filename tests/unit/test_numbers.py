@@ -55,7 +55,7 @@ def test_bad_countdown_is_refused(countdown: object) -> None:
         ("dispatch_scan", -5, "dispatch_scan must be an int >= 1"),
         ("dispatch_scan", "abc", "dispatch_scan must be an int, got 'abc'"),
         ("dispatch_scan", True, "dispatch_scan must be an int, got True"),
-        ("collection_prefix", "", "collection_prefix must be a non-empty str"),
+        ("collection_prefix", "", "collection_prefix must be 1-64 letters"),
     ],
 )
 def test_bad_settings_are_refused(setting: str, value: object, message: str) -> None:
