@@ -180,6 +180,14 @@ class Core4:
         prepare_broker(str(conf.broker_url or ""), dict(conf.broker_transport_options or {}))
         self.__dict__["_prepared"] = True
 
+    def close(self) -> None:
+        """Close the MongoDB clients this process opened for core4celery (the app's broker is Celery's)."""
+        if "connection" in self.__dict__:
+            self.connection.close()
+        wakeups = self.__dict__.get("wakeups")
+        if wakeups is not None:
+            wakeups.close()
+
     def ping(self) -> None:
         self.connection.ping()
         self.prepare()

@@ -29,6 +29,11 @@ class PerProcess(Generic[T]):
                 self._pid = os.getpid()
             return self._value
 
+    def current(self) -> T | None:
+        """This process's value if it made one (nothing is made)."""
+        with self._lock:
+            return self._value if self._pid == os.getpid() else None
+
     def reset(self) -> None:
         """Forget this process's value (e.g. a thread that died); the next get() makes a new one."""
         with self._lock:

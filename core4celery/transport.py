@@ -98,6 +98,18 @@ class Channel(mongodb.Channel):
         self._kept[queue] = now
         super()._update_queues_expire(queue)
 
+    def poll_broadcasts_now(self) -> None:
+        self._polled.clear()
+
+    def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
+        """A broadcast (``celery inspect``, ``control``, Flower) rings: an idle worker waiting for
+        wake-ups would answer only after ``idle_wait``, later than ``inspect``'s one-second timeout."""
+        super()._put_fanout(exchange, message, routing_key, **kwargs)
+        try:
+            self.client[WAKEUPS].insert_one({"q": exchange})
+        except PyMongoError as exc:
+            log.debug("core4celery: could not ring for broadcast %s: %s", exchange, type(exc).__name__)
+
     def _get(self, queue: str, timeout: Any = None) -> Any:
         if queue in self._fanout_queues:
             now = time.monotonic()
@@ -191,7 +203,10 @@ class Transport(mongodb.Transport):
                 cursor = self._wake_cursor = self._tail()
             while time.monotonic() < deadline:
                 began = time.monotonic()
-                if next(cursor, None) is not None or not cursor.alive:
+                if next(cursor, None) is not None:
+                    self._rung()
+                    return
+                if not cursor.alive:
                     return
                 if time.monotonic() - began < EAGER_AWAIT:
                     time.sleep(float(self.polling_interval or 0.0) or 0.05)
@@ -199,6 +214,13 @@ class Transport(mongodb.Transport):
             log.debug("core4celery: waiting for wake-ups failed: %s", type(exc).__name__)
             self._wake_cursor = None
             time.sleep(float(self.polling_interval or 0.0) or 0.05)
+
+    def _rung(self) -> None:
+        """A ring may be for a broadcast: the next poll reads the fanout queues, however recent the last."""
+        channels: Any = self.channels
+        for channel in channels:
+            if isinstance(channel, Channel):
+                channel.poll_broadcasts_now()
 
     def _tail(self) -> Cursor[Any]:
         """A cursor past the newest ring (it starts on that ring: a cursor without a first match dies)."""

@@ -54,6 +54,12 @@ class Wakeups:
             lambda: MongoClient(broker_url, serverSelectionTimeoutMS=2000)
         )
 
+    def close(self) -> None:
+        client = self._client.current()
+        if client is not None:
+            client.close()
+            self._client.reset()
+
     def ring(self, queue: str) -> None:
         """Best effort: a failed ring is logged, the ticket is picked up at the sleeper's next poll."""
         try:

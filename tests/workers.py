@@ -28,8 +28,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
 
 class WorkerProcess:
     def __init__(self, url: str, name: str, concurrency: int = 2, app: str = "tests.apps.jobs",
-                 log_dir: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+                 log_dir: Path | None = None, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.url = url
+        self.env = env or {}
         self.name = name
         self.concurrency = concurrency
         self.app = app
@@ -39,7 +40,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, "CORE4CELERY_MONGODB_URL": self.url,
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **self.env}
         cmd = [sys.executable, "-m", "celery", "-A", self.app, "worker", "-n", f"{self.name}@%h",
                "-c", str(self.concurrency), "-l", "info", "--without-gossip", "--without-mingle",
                "--without-heartbeat", *self.extra]

@@ -27,6 +27,7 @@ CONF_PREFIX = "core4celery_"
 DEFAULT_DATABASE = "core4celery"
 
 
+MAY_BE_ZERO = {"idle_wait"}  # 0 turns the idle wait off
 PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MASK = "****"
 
@@ -97,7 +98,8 @@ class Settings:
             )
         for each in fields(self):
             if each.type == "float":
-                check_seconds(f"setting {each.name}", getattr(self, each.name), ConfigurationError)
+                check_seconds(f"setting {each.name}", getattr(self, each.name), ConfigurationError,
+                              zero=each.name in MAY_BE_ZERO)
         check_number("setting dispatch_scan", self.dispatch_scan, ConfigurationError, integer=True, minimum=1,
                      maximum=100_000)
         if self.heartbeat_interval * 2 > self.worker_timeout:

@@ -54,6 +54,13 @@ class Connection:
         return MongoClient(self.settings.mongodb_url, serverSelectionTimeoutMS=selection,
                            socketTimeoutMS=SOCKET_TIMEOUT_MS, tz_aware=False)
 
+    def close(self) -> None:
+        """Close this process's client, if it made one (a later use opens a new one)."""
+        client = self._client.current()
+        if client is not None:
+            client.close()
+            self._client.reset()
+
     @property
     def db(self) -> Database[Doc]:
         return self._client.get()[self.settings.database]

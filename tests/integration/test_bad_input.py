@@ -46,3 +46,29 @@ def test_plain_celery_tasks_are_untouched(cluster: Cluster) -> None:
     core4_result = cluster.app.tasks["t.square"].delay(4)
     assert core4_result.get(timeout=60) == 16
     assert cluster.core4.connection.db["celery_taskmeta"].count_documents({"_id": core4_result.id}) == 0
+
+
+STRAY = [
+    ({"queue": "celery"}, "no payload"),
+    ({"queue": "celery", "payload": "this is not JSON"}, "not JSON"),
+    ({"queue": "celery", "payload": 42}, "not JSON text"),
+    ({"queue": "celery", "payload": '"a JSON string"'}, "not a kombu message"),
+    ({"queue": "celery", "payload": '{"body": "x", "properties": {}}'}, "no delivery_tag"),
+]
+
+
+def test_unreadable_broker_messages_are_moved_aside_and_the_worker_goes_on(cluster: Cluster) -> None:
+    """kombu's transport raised inside the consumer, and Celery stopped the worker ("Unrecoverable error")."""
+    broker = cluster.core4.connection.db
+    broker["messages"].insert_many([dict(doc, priority=0) for doc, _ in STRAY])
+    worker = cluster.worker(concurrency=1)
+    assert cluster.core4.AsyncResult(cluster.core4.enqueue("t.square", n=5)).get(timeout=60) == 25
+    reasons = [str(doc["reason"]) for doc in broker["messages.rejected"].find()]
+    assert len(reasons) == len(STRAY)
+    for _, expected in STRAY:
+        assert sum(expected in reason for reason in reasons) >= 1, (expected, reasons)
+    assert broker["messages"].count_documents({"queue": "celery"}) == 0
+    assert worker.proc is not None and worker.proc.poll() is None  # still running
+    assert "Unrecoverable error" not in worker.output()
+    assert worker.output().count("moved unreadable message") == len(STRAY)
+

@@ -70,6 +70,7 @@ def ctx(db_url: str) -> Iterator[Ctx]:
     app, core4 = build(db_url)
     core4.prepare()
     yield Ctx(app, core4, db_url)
+    core4.close()
     app.close()
 
 
@@ -281,7 +282,13 @@ CLI: dict[str, tuple[list[str], list[str]]] = {
 
 def cli(url: str, *args: str) -> Any:
     sys.modules.pop("tests.apps.jobs", None)  # the app module reads its URL at import
-    return CliRunner().invoke(main, ["-A", "tests.apps.jobs:app", *args], env={"CORE4CELERY_MONGODB_URL": url})
+    try:
+        return CliRunner().invoke(main, ["-A", "tests.apps.jobs:app", *args], env={"CORE4CELERY_MONGODB_URL": url})
+    finally:
+        loaded = sys.modules.pop("tests.apps.jobs", None)
+        if loaded is not None and hasattr(loaded, "core4"):  # its clients, or the server runs out of connections
+            loaded.core4.close()
+            loaded.app.close()
 
 
 @pytest.mark.parametrize("case", list(CLI), ids=list(CLI))
