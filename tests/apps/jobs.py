@@ -131,8 +131,8 @@ def build(url: str) -> tuple[Celery, Core4]:
         return bad_values[kind]
 
     @app.task(base=Core4Task, bind=True, shared=False, name="t.bad_progress", author="test")
-    def bad_progress(self: Core4Task) -> int:
-        self.progress(0.5, "\ud800", force=True)
+    def bad_progress(self: Core4Task, message: Any = None) -> int:
+        self.progress(0.5, "\ud800" if message is None else message, force=True)
         return 1
 
     @app.task(shared=False, name="t.plain_add")

@@ -111,6 +111,9 @@ def test_unstorable_progress_message_fails_the_job(cluster: Cluster) -> None:
     cluster.worker(concurrency=1)
     failed = cluster.wait_state(cluster.core4.enqueue("t.bad_progress"), "error", timeout=30)
     assert "progress message" in failed["last_error"]["exception"]
+    listed = cluster.wait_state(cluster.core4.enqueue("t.bad_progress", message=["a", "list"]), "error", timeout=30)
+    assert "progress message must be a str, got list" in listed["last_error"]["exception"]
+    assert "prog" not in listed or not isinstance((listed.get("prog") or {}).get("message"), list)
 
 
 def test_kill_of_a_stranded_job_signals_no_process(cluster: Cluster, failpoint: FailPoint) -> None:
