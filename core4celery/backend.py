@@ -1,14 +1,24 @@
 """A read-only Celery result backend over the registry.
 
 core4 tasks keep their results with the job (journal), so ``AsyncResult.get()``
-reads the job document instead of a separate result store; plain Celery tasks
-in the same app keep using the app's own backend.
+reads the job document instead of a separate result store. ``Core4(app)``
+makes it the app's result backend unless the app configured one, so
+``app.AsyncResult(id)`` and ``celery result ID`` find core4 jobs too; plain
+Celery tasks in an app with its own backend keep using that one.
+
+A failed job's ``get()`` raises the task's own exception type, rebuilt from
+Celery's JSON exception protocol (type, module, arguments; only real exception
+classes, never unpickling), with ``job_id``, ``job_state`` and ``trial``
+attached; a running job with progress reports ``PROGRESS`` and
+``{"percent", "message"}``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from bson import ObjectId
 from celery import states as celery_states
 from celery.backends.base import BaseBackend
 
@@ -33,10 +43,21 @@ CELERY_STATE = {
 }
 
 
+PROGRESS = "PROGRESS"
+
+
 class RegistryBackend(BaseBackend):
-    def __init__(self, app: Any, store: JobStore, **kwargs: Any) -> None:
+    def __init__(self, app: Any, store: JobStore | None = None, **kwargs: Any) -> None:
+        """``store``: given by ``Core4``; Celery builds this class from ``result_backend`` without one."""
+        kwargs.pop("url", None)
         super().__init__(app, **kwargs)
-        self._store = store
+        self._given = store
+
+    @property
+    def _store(self) -> JobStore:
+        if self._given is None:
+            self._given = self.app.core4celery.store
+        return self._given
 
     def store_result(self, *args: Any, **kwargs: Any) -> None:
         """The worker side writes the registry itself; Celery's writes are not needed."""
@@ -47,17 +68,37 @@ class RegistryBackend(BaseBackend):
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         """A job id names a job from its enqueue on (live, then journaled), so an id found
         nowhere is an error, not a job that is PENDING for ever as Celery would have it."""
-        doc = self._store.find(task_id)  # JobNotFound for a string that is not an id
+        if not ObjectId.is_valid(task_id):
+            raise JobNotFound(f"{task_id!r} is not a core4celery job id; plain Celery tasks keep their results "
+                              "only with a result_backend of their own")
+        doc = self._store.find(task_id)
         if doc is None:
             raise JobNotFound(f"no job has the id {task_id!r} (neither waiting, running nor journaled)")
         state = CELERY_STATE.get(doc["state"], celery_states.PENDING)
         meta: dict[str, Any] = {"status": state, "task_id": task_id, "result": None, "traceback": None}
         if state == celery_states.SUCCESS:
             meta["result"] = doc.get("result")
+        elif state == celery_states.STARTED and (doc.get("prog") or {}).get("value") is not None:
+            progress = doc.get("prog") or {}  # reported by this run (a new job's progress is None)
+            meta["status"] = PROGRESS
+            meta["result"] = {"percent": round(float(progress.get("value") or 0) * 100, 2),
+                              "message": progress.get("message")}
         elif state in celery_states.PROPAGATE_STATES:
-            error = doc.get("last_error") or {}
-            meta["result"] = JobFailed(
-                f"job {task_id} ({doc['name']}) ended {doc['state']}: {error.get('exception')}"
-            )
-            meta["traceback"] = "".join(error.get("traceback") or []) or None
+            meta["result"] = self._failure(task_id, doc)
+            meta["traceback"] = "".join((doc.get("last_error") or {}).get("traceback") or []) or None
         return meta
+
+    def _failure(self, task_id: str, doc: Mapping[str, Any]) -> BaseException:
+        """The task's own exception when the job ended in error with one, else JobFailed."""
+        error = doc.get("last_error") or {}
+        exc: BaseException | None = None
+        if doc["state"] == State.ERROR.value and error.get("exc_type"):
+            rebuilt = self.exception_to_python({"exc_type": error["exc_type"], "exc_module": error.get("exc_module"),
+                                                "exc_message": error.get("exc_args") or []})
+            exc = rebuilt if isinstance(rebuilt, BaseException) else None
+        if exc is None:
+            exc = JobFailed(f"job {task_id} ({doc['name']}) ended {doc['state']}: {error.get('exception')}")
+        exc.job_id = task_id  # type: ignore[attr-defined]
+        exc.job_state = doc["state"]  # type: ignore[attr-defined]
+        exc.trial = int(doc.get("trial") or 0)  # type: ignore[attr-defined]
+        return exc

@@ -54,6 +54,9 @@ APP_DEFAULTS = {
     # a killed or crashed pool process frees its slot after this, not Celery's 10 s: the job's
     # outcome is already in the registry, so there is no late result worth waiting for
     "worker_lost_wait": 1.0,
+    # app.AsyncResult(id), `celery result ID` and Flower's result column read the registry
+    # (an app that configures its own result_backend keeps it, for its plain tasks)
+    "result_backend": "core4celery.backend:RegistryBackend",
 }
 URL_SETTING = CONF_PREFIX + "mongodb_url"
 # headers, properties and the kwargs repr Celery adds around the body of a ticket

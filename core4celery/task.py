@@ -9,6 +9,7 @@ publishing directly; the dispatcher publishes the ticket when the job is due.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,7 +17,7 @@ from celery import Task
 from celery.result import AsyncResult
 
 from .config.options import ENQUEUE_OPTIONS, JobOptions, check_author, option_hint
-from .errors import ConfigurationError, InvalidArguments
+from .errors import ConfigurationError, InvalidArguments, JobExists
 from .signals import JobDeferred
 from .store.document import TICKET_HEADER
 from .worker.run import JobRun
@@ -25,8 +26,14 @@ if TYPE_CHECKING:
     from .core import Core4
     from .store.document import JobDoc
 
+log = logging.getLogger(__name__)
+
 # Celery calling options that have a core4 meaning; anything else is refused
 CALL_OPTIONS = ("priority", "countdown", "eta", "queue")
+# how a message would travel: the ticket is published later by the dispatcher, so these say nothing here
+# (celery beat passes a producer and headers on every tick)
+TRANSPORT_OPTIONS = ("producer", "headers", "exchange", "routing_key", "serializer")
+BEAT_HEADERS = ("celery_beat_task", "periodic_task_name")  # celery beat's, django-celery-beat's
 
 
 class Core4Task(Task):
@@ -108,7 +115,9 @@ class Core4Task(Task):
     def apply_async(
         self, args: Any = None, kwargs: Any = None, **options: Any
     ) -> AsyncResult:
-        unsupported = sorted(k for k, v in options.items() if k not in CALL_OPTIONS and v is not None)
+        headers = options.get("headers") or {}
+        unsupported = sorted(k for k, v in options.items()
+                             if k not in CALL_OPTIONS and k not in TRANSPORT_OPTIONS and v is not None)
         if unsupported:
             raise InvalidArguments(f"{self.name}: calling option(s) not supported by core4 tasks: {unsupported}"
                                    f"{option_hint(unsupported, CALL_OPTIONS)}")
@@ -117,7 +126,14 @@ class Core4Task(Task):
         if kwargs is not None and not isinstance(kwargs, dict):
             raise InvalidArguments(f"{self.name}: kwargs must be a dict, got {kwargs!r} ({type(kwargs).__name__})")
         arguments = self.bind_arguments(tuple(args or ()), dict(kwargs or {}))
-        job_id = self.core4.submit(self, arguments, **{k: options.get(k) for k in CALL_OPTIONS})
+        try:
+            job_id = self.core4.submit(self, arguments, **{k: options.get(k) for k in CALL_OPTIONS})
+        except JobExists as exc:
+            if not isinstance(headers, dict) or not any(key in headers for key in BEAT_HEADERS):
+                raise
+            # a schedule's tick while its last job still waits or runs: core4 queues it once (not an error)
+            log.info("%s: skipped a scheduled tick, its job %s still exists", self.name, exc.job_id)
+            return self.AsyncResult(exc.job_id or "")
         return self.AsyncResult(job_id)
 
     def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +174,25 @@ class Core4Task(Task):
         """Report progress (0..1); written at most once per progress_interval unless forced."""
         run = self._run
         return run.progress(value, message, force) if run else False
+
+    def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None,
+                     **kwargs: Any) -> None:
+        """Celery's progress idiom, ``update_state(state="PROGRESS", meta={...})``, as ``progress()``.
+
+        ``meta`` gives ``percent`` (0-100) or ``current`` and ``total``, and
+        optionally ``message``; other states are the registry's to set.
+        """
+        if state != "PROGRESS" or (task_id is not None and task_id != self.job_id):
+            raise InvalidArguments(f"{self.name}: update_state() of a core4 job supports state='PROGRESS' for the "
+                                   f"running job only (got state={state!r}); the registry sets every other state")
+        meta = meta if isinstance(meta, dict) else {}
+        if meta.get("percent") is not None:
+            fraction = float(meta["percent"]) / 100
+        elif meta.get("total"):
+            fraction = float(meta.get("current") or 0) / float(meta["total"])
+        else:
+            fraction = 0.0
+        self.progress(min(1.0, max(0.0, fraction)), meta.get("message"), force=True)
 
     def defer(self, message: str = "", *args: Any) -> None:
         """End this run; the job returns after defer_time without using an attempt."""

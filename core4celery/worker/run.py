@@ -9,6 +9,7 @@ failure, named, before any write is attempted.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -35,6 +36,16 @@ from ..store.values import check_json, check_storable
 from ..transport import IDLE_AFTER
 
 log = get_task_logger("core4celery.job")
+
+
+def exception_fields(exc: BaseException) -> dict[str, Any]:
+    """Celery's JSON exception protocol (type, module, arguments), so ``get()`` can raise the task's own type."""
+    args: Any = list(exc.args)
+    try:
+        check_json(args, "exception arguments")
+    except InvalidArguments:
+        args = [str(exc)]
+    return {"exc_type": type(exc).__qualname__, "exc_module": type(exc).__module__, "exc_args": args}
 
 
 class JobRun:
@@ -139,15 +150,15 @@ class JobRun:
     def _fail(self, exc: Exception) -> None:
         stamp = now()
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        error = {"exception": repr(exc), "traceback": lines, "at": stamp}
+        error = {"exception": repr(exc), "traceback": lines, "at": stamp, **exception_fields(exc)}
         state = self._store.fail(self._run, error, stamp)
         if state is None:
             raise Ignore()
         left = self._run.attempts_left - 1
-        log.critical(
-            "done execution with [%s] after [%d] sec. and [%d] attempts to go: %r",
-            state, self._seconds(stamp), left, exc,
-        )
+        # core4's line; a failure that will be retried is a warning, the last one critical (as in core4)
+        log.log(logging.WARNING if state is State.FAILED else logging.CRITICAL,
+                "done execution with [%s] after [%d] sec. and [%d] attempts to go: %r",
+                state, self._seconds(stamp), left, exc)
         if state is State.FAILED:
             raise Retry(exc=exc, when=later(self._run.error_time, stamp))
         raise exc
