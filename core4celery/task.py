@@ -11,14 +11,17 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import Task
 from celery.result import AsyncResult
 
+from .clock import now
+from .config.numbers import check_seconds
 from .config.options import ENQUEUE_OPTIONS, JobOptions, check_author, option_hint
 from .errors import ConfigurationError, InvalidArguments, JobExists
-from .signals import JobDeferred
+from .signals import JobDeferred, JobRetry
 from .store.document import TICKET_HEADER
 from .worker.run import JobRun
 
@@ -104,6 +107,7 @@ class Core4Task(Task):
 
     def body(self, **kwargs: Any) -> Any:
         """The user's code: ``run`` for function tasks, ``execute`` for core4-style classes."""
+        self.request.retries = max(0, self.trial - 1)  # Celery's autoretry backs off by it
         return self.run(**kwargs)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
@@ -193,6 +197,25 @@ class Core4Task(Task):
         else:
             fraction = 0.0
         self.progress(min(1.0, max(0.0, fraction)), meta.get("message"), force=True)
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, throw: bool = True,
+              eta: datetime | None = None, countdown: float | None = None, max_retries: int | None = None,
+              **options: Any) -> Any:
+        """Celery's retry on core4's terms: this run fails (using an attempt) and the job is due again
+        after ``countdown`` (or at ``eta``; default ``error_time``) while attempts are left, then it
+        ends in error with ``exc``. The number of trials is the task's ``attempts`` (``max_retries``
+        + 1 when the task sets ``max_retries``); a job keeps its arguments."""
+        if self._run is None:
+            raise InvalidArguments(f"{self.name}: retry() needs a running job")
+        if args is not None or kwargs is not None:
+            raise InvalidArguments(f"{self.name}: retry() cannot change a core4 job's arguments")
+        delay = countdown
+        if eta is not None:
+            moment = eta.astimezone(timezone.utc).replace(tzinfo=None) if eta.tzinfo else eta
+            delay = max(0.0, (moment - now()).total_seconds())
+        if delay is not None:
+            check_seconds("countdown", delay, InvalidArguments, zero=True)
+        raise JobRetry(exc, delay)
 
     def defer(self, message: str = "", *args: Any) -> None:
         """End this run; the job returns after defer_time without using an attempt."""

@@ -48,9 +48,15 @@ class JobOptions:
 
     @classmethod
     def from_class(cls, task_cls: type) -> JobOptions:
-        """Collect options from class attributes, own or inherited."""
+        """Collect options from class attributes, own or inherited, and Celery's retry settings.
+
+        A task's own ``max_retries`` (or ``retry_kwargs["max_retries"]``) sets
+        ``attempts`` to one more, and its own ``default_retry_delay`` sets
+        ``error_time``, unless the task sets those core4 options itself. Only
+        the task's own: every Celery task inherits ``max_retries=3``.
+        """
         values = {f.name: getattr(task_cls, f.name) for f in fields(cls) if hasattr(task_cls, f.name)}
-        return cls(**values)
+        return cls(**{**values, **celery_retry_options(task_cls)})
 
     def override(self, values: dict[str, Any]) -> JobOptions:
         unknown = set(values) - set(ENQUEUE_OPTIONS)
@@ -61,6 +67,21 @@ class JobOptions:
 
     def as_document(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def celery_retry_options(task_cls: type) -> dict[str, Any]:
+    own = task_cls.__dict__
+    mapped: dict[str, Any] = {}
+    retry_kwargs = own.get("retry_kwargs") or {}
+    max_retries = retry_kwargs.get("max_retries", own.get("max_retries", 0)) if isinstance(retry_kwargs, dict) else 0
+    if "attempts" not in own and ("max_retries" in own or "max_retries" in retry_kwargs):
+        if max_retries is None or isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise InvalidOption(f"max_retries must be an int >= 0 (a core4 job has a finite number of attempts), "
+                                f"got {max_retries!r}")
+        mapped["attempts"] = max_retries + 1
+    if "error_time" not in own and own.get("default_retry_delay") is not None:
+        mapped["error_time"] = own["default_retry_delay"]
+    return mapped
 
 
 def option_hint(given: Iterable[str], known: Iterable[str]) -> str:

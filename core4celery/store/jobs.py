@@ -453,12 +453,13 @@ class JobStore:
         fields = {**run.ended(stamp), "query_at": query_at, "last_error": error}
         return query_at if self._end_run(DEFER, run, fields) else None
 
-    def fail(self, run: Run, error: dict[str, Any], stamp: datetime) -> State | None:
-        """running → failed (attempts left, due after error_time) or error; None when the run lost its job."""
+    def fail(self, run: Run, error: dict[str, Any], stamp: datetime, delay: float | None = None) -> State | None:
+        """running → failed (attempts left, due after error_time or ``delay``) or error; None when the run lost
+        its job."""
         left = run.attempts_left - 1
         fields: dict[str, Any] = {**run.ended(stamp), "attempts_left": left, "last_error": error}
         if left > 0:
-            fields["query_at"] = later(run.error_time, stamp)
+            fields["query_at"] = later(run.error_time if delay is None else delay, stamp)
         transition = FAIL if left > 0 else ERROR
         return transition.target if self._end_run(transition, run, fields) else None
 

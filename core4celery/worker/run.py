@@ -26,7 +26,7 @@ from ..clock import later, now
 from ..errors import InvalidArguments, RegistryUnavailable
 from ..events import JobEvents
 from ..metrics import code_path
-from ..signals import JobDeferred
+from ..signals import JobDeferred, JobRetry
 from ..store.connection import as_object_id
 from ..store.document import Run
 from ..store.jobs import JobStore
@@ -92,6 +92,9 @@ class JobRun:
             check_json(result, "result")
         except JobDeferred as signal:
             self._ending(partial(self._defer, signal))
+        except JobRetry as signal:
+            cause = signal.exc if signal.exc is not None else RuntimeError("retry() requested without an exception")
+            self._ending(partial(self._fail, cause, signal.countdown))
         except Exception as exc:
             self._ending(partial(self._fail, exc))
         else:
@@ -147,11 +150,12 @@ class JobRun:
         log.info("done execution with [deferred] after [%d] sec.: %s", self._seconds(stamp), signal.message)
         raise Retry(f"deferred: {signal.message}", when=query_at)
 
-    def _fail(self, exc: Exception) -> None:
+    def _fail(self, exc: BaseException, delay: float | None = None) -> None:
+        """``delay``: seconds until the next trial instead of ``error_time`` (a retry's countdown)."""
         stamp = now()
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
         error = {"exception": repr(exc), "traceback": lines, "at": stamp, **exception_fields(exc)}
-        state = self._store.fail(self._run, error, stamp)
+        state = self._store.fail(self._run, error, stamp, delay)
         if state is None:
             raise Ignore()
         left = self._run.attempts_left - 1
@@ -160,7 +164,7 @@ class JobRun:
                 "done execution with [%s] after [%d] sec. and [%d] attempts to go: %r",
                 state, self._seconds(stamp), left, exc)
         if state is State.FAILED:
-            raise Retry(exc=exc, when=later(self._run.error_time, stamp))
+            raise Retry(exc=exc, when=later(self._run.error_time if delay is None else delay, stamp))
         raise exc
 
     def progress(self, value: float, message: str | None, force: bool) -> bool:

@@ -26,7 +26,12 @@ def build(url: str) -> tuple[Celery, Core4]:
     # `celery -A tests.apps.results beat`: ticks every second, each job runs longer than that
     app.conf.beat_schedule = {"slow-every-second": {"task": "r.slow", "schedule": 1.0, "args": (2.5,)}}
     core4 = Core4(app)
+    define_results(app)
+    define_retries(app)
+    return app, core4
 
+
+def define_results(app: Celery) -> None:
     @app.task(base=Core4Task, bind=True, shared=False, name="r.square", author="test")
     def square(self: Core4Task, n: int) -> int:
         return n * n
@@ -48,6 +53,12 @@ def build(url: str) -> tuple[Celery, Core4]:
         time.sleep(seconds)
         return "done"
 
+    @app.task(shared=False, name="r.plain")
+    def plain(n: int) -> int:
+        return n + 1
+
+
+def define_retries(app: Celery) -> None:
     @app.task(base=Core4Task, bind=True, shared=False, name="r.fails_once", author="test", attempts=2,
               error_time=0.2)
     def fails_once(self: Core4Task) -> int:
@@ -55,11 +66,18 @@ def build(url: str) -> tuple[Celery, Core4]:
             raise RuntimeError("first trial fails")
         return self.trial
 
-    @app.task(shared=False, name="r.plain")
-    def plain(n: int) -> int:
-        return n + 1
+    @app.task(base=Core4Task, bind=True, shared=False, name="r.retry_call", author="test", attempts=3)
+    def retry_call(self: Core4Task, fail_trials: int) -> int:
+        if self.trial <= fail_trials:
+            raise self.retry(exc=KeyError(f"trial {self.trial}"), countdown=0.3)
+        return self.trial
 
-    return app, core4
+    @app.task(base=Core4Task, bind=True, shared=False, name="r.autoretry", author="test",
+              autoretry_for=(ValueError,), retry_kwargs={"max_retries": 2}, default_retry_delay=0.2)
+    def autoretry(self: Core4Task, fail_trials: int) -> int:
+        if self.trial <= fail_trials:
+            raise ValueError(f"trial {self.trial}")
+        return self.trial
 
 
 if os.environ.get("CORE4CELERY_MONGODB_URL"):

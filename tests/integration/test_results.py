@@ -109,3 +109,24 @@ def test_a_failure_that_will_be_retried_is_a_warning_the_last_one_critical(
     assert any("WARNING" in line and "done execution with [failed]" in line for line in lines)
     assert any("CRITICAL" in line and "done execution with [error]" in line for line in lines)
     assert not any("CRITICAL" in line and "done execution with [failed]" in line for line in lines)
+
+
+def test_self_retry_fails_the_run_and_runs_again_after_its_countdown(results: Results) -> None:
+    app, core4, _ = results
+    sent = app.tasks["r.retry_call"].delay(2)
+    assert sent.get(timeout=60) == 3
+    doc = core4.get(sent.id)
+    assert doc["trial"] == 3 and doc["state"] == "complete"
+    assert "KeyError('trial 2')" in doc["last_error"]["exception"]
+
+
+def test_autoretry_for_maps_max_retries_onto_attempts(results: Results) -> None:
+    app, _, _ = results
+    task = app.tasks["r.autoretry"]
+    assert (task.core4_options.attempts, task.core4_options.error_time) == (3, 0.2)
+    assert task.delay(2).get(timeout=60) == 3  # two failures retried, the third trial succeeds
+    exhausted = task.delay(5)
+    with pytest.raises(ValueError, match="trial 3") as caught:
+        exhausted.get(timeout=60)
+    error: Any = caught.value
+    assert (error.job_state, error.trial) == ("error", 3)

@@ -123,3 +123,20 @@ def test_settings_refuse_non_mongodb_url() -> None:
         Settings.from_conf({"broker_url": "redis://localhost"}, environ={})
     with pytest.raises(ConfigurationError, match="run_lease"):
         Settings(mongodb_url="mongodb://h/db", heartbeat_interval=5, run_lease=6)
+
+
+def test_celery_retry_settings_map_onto_attempts_and_error_time_only_when_the_task_sets_them() -> None:
+    app = make_app()
+
+    def body() -> None:
+        return None
+
+    plain = app.task(base=Core4Task, shared=False, name="u.plain", author="t")(body)
+    assert (plain.core4_options.attempts, plain.core4_options.error_time) == (1, 600)  # Celery's max_retries=3 aside
+    mapped = app.task(base=Core4Task, shared=False, name="u.mapped", author="t", max_retries=4,
+                      default_retry_delay=7)(body)
+    assert (mapped.core4_options.attempts, mapped.core4_options.error_time) == (5, 7)
+    explicit = app.task(base=Core4Task, shared=False, name="u.explicit", author="t", max_retries=4, attempts=2)(body)
+    assert explicit.core4_options.attempts == 2
+    with pytest.raises(InvalidOption, match=r"max_retries must be an int >= 0.*got None"):
+        app.task(base=Core4Task, shared=False, name="u.forever", author="t", max_retries=None)(body)
