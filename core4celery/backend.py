@@ -15,6 +15,7 @@ attached; a running job with progress reports ``PROGRESS`` and
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +47,14 @@ CELERY_STATE = {
 PROGRESS = "PROGRESS"
 
 
+def is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
 class RegistryBackend(BaseBackend):
     def __init__(self, app: Any, store: JobStore | None = None, **kwargs: Any) -> None:
         """``store``: given by ``Core4``; Celery builds this class from ``result_backend`` without one."""
@@ -68,12 +77,17 @@ class RegistryBackend(BaseBackend):
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         """A job id names a job from its enqueue on (live, then journaled), so an id found
         nowhere is an error, not a job that is PENDING for ever as Celery would have it."""
-        if not ObjectId.is_valid(task_id):
-            raise JobNotFound(f"{task_id!r} is not a core4celery job id; plain Celery tasks keep their results "
-                              "only with a result_backend of their own")
-        doc = self._store.find(task_id)
+        if ObjectId.is_valid(task_id):
+            doc = self._store.find(task_id)
+        elif is_uuid(task_id):  # a message of a plain Celery client (send_task): adopted as a job by a worker
+            doc = self._store.find_adopted(task_id)
+            if doc is None:  # not adopted yet (still in the broker), as Celery reports a message in flight
+                return {"status": celery_states.PENDING, "result": None, "task_id": task_id}
+        else:
+            raise JobNotFound(f"{task_id!r} is neither a core4celery job id nor a Celery task id")
         if doc is None:
             raise JobNotFound(f"no job has the id {task_id!r} (neither waiting, running nor journaled)")
+        task_id = str(doc["_id"])
         state = CELERY_STATE.get(doc["state"], celery_states.PENDING)
         meta: dict[str, Any] = {"status": state, "task_id": task_id, "result": None, "traceback": None}
         if state == celery_states.SUCCESS:

@@ -14,7 +14,7 @@ from collections import ChainMap
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery, Task, signals
 from celery.result import AsyncResult
@@ -245,8 +245,12 @@ class Core4:
         eta: datetime | None = None,
         queue: str | None = None,
         mid: str | None = None,
+        celery_id: str | None = None,
     ) -> str:
-        """Validate everything, then write the job with one insert (nothing half-written)."""
+        """Validate everything, then write the job with one insert (nothing half-written).
+
+        ``celery_id``: the id of the plain Celery message this job adopts (its results are found by it).
+        """
         check_json(arguments, f"arguments of {task.name}")
         overrides = dict(options or {})
         if priority is not None:
@@ -255,6 +259,8 @@ class Core4:
         doc = new_job(task.name, arguments, job_options, query_at=self._first_due(countdown, eta),
                       mid=mid, queue=self._queue_of(task.name, queue))
         check_ticket(doc)
+        if celery_id is not None:
+            cast(Doc, doc)["celery_id"] = celery_id
         if doc["query_at"] <= now():  # type: ignore[operator]
             self.dispatcher.offer(doc)
         else:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from bson import ObjectId
 from celery import Task
 from celery.result import AsyncResult
 
@@ -99,11 +100,25 @@ class Core4Task(Task):
         if request.called_directly or not request.id:
             return super().__call__(*args, **kwargs)  # a plain local call
         core4 = self.core4
+        if not ObjectId.is_valid(request.id):
+            return self._adopt(request.id, args, kwargs)
         hostname = request.hostname or ""
         run = JobRun(core4.store, core4.events, request.id, self.name, core4.worker_id(hostname), hostname,
                      core4.settings.run_lease, after_end=core4.handovers.submit)
         request.core4_run = run
         return run.execute(self.body, kwargs, getattr(request, TICKET_HEADER, None))
+
+    def _adopt(self, message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A message from a plain Celery client (``app.send_task``, ``celery call``, another language):
+        its id is no job's, so it becomes a registry job with the same arguments and runs under core4's
+        rules; ``AsyncResult(message_id)`` finds it through the id it keeps."""
+        arguments = self.bind_arguments(tuple(args), dict(kwargs))
+        try:
+            job_id = self.core4.submit(self, arguments, celery_id=message_id)
+        except JobExists as exc:  # the same job waits or runs (or this message came twice)
+            log.info("%s: message %s not adopted, its job %s exists", self.name, message_id, exc.job_id)
+            return
+        log.info("%s: message %s from a plain Celery client adopted as job %s", self.name, message_id, job_id)
 
     def body(self, **kwargs: Any) -> Any:
         """The user's code: ``run`` for function tasks, ``execute`` for core4-style classes."""
@@ -119,6 +134,8 @@ class Core4Task(Task):
     def apply_async(
         self, args: Any = None, kwargs: Any = None, **options: Any
     ) -> AsyncResult:
+        if self.app.conf.task_always_eager:
+            raise self._no_eager()
         headers = options.get("headers") or {}
         unsupported = sorted(k for k, v in options.items()
                              if k not in CALL_OPTIONS and k not in TRANSPORT_OPTIONS and v is not None)
@@ -139,6 +156,13 @@ class Core4Task(Task):
             log.info("%s: skipped a scheduled tick, its job %s still exists", self.name, exc.job_id)
             return self.AsyncResult(exc.job_id or "")
         return self.AsyncResult(job_id)
+
+    def apply(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._no_eager()
+
+    def _no_eager(self) -> InvalidArguments:
+        return InvalidArguments(f"{self.name}: eager execution (task.apply(), task_always_eager) of core4 jobs is "
+                                "not supported yet; enqueue with delay() and run a worker")
 
     def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """core4 passes arguments by name, so positional ones are named here."""

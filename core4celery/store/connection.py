@@ -126,6 +126,8 @@ class Connection:
         jobs.create_index([("dispatched_until", ASCENDING)], name="dispatched", sparse=True)
         jobs.create_index([("locked.worker", ASCENDING)], name="locked_worker", sparse=True)
         jobs.create_index([("mid", ASCENDING)], name="mid", sparse=True)
+        jobs.create_index([("celery_id", ASCENDING)], name="celery_id", sparse=True)
+        self.journal.create_index([("celery_id", ASCENDING)], name="celery_id", sparse=True)
         jobs.create_index([("removed_at", ASCENDING)], name="removed")
         self.journal.create_index([("mid", ASCENDING)], name="mid", sparse=True)
         self.journal.create_index([("name", ASCENDING)], name="name")

@@ -123,6 +123,15 @@ class JobStore:
                 doc["journaled"] = True
         return doc
 
+    def find_adopted(self, celery_id: str) -> JobDoc | None:
+        """The job adopted from a plain Celery message with this id (``celery_id``), live or journaled."""
+        doc: JobDoc | None = self._connection.jobs.find_one({"celery_id": celery_id})  # type: ignore[assignment]
+        if doc is None:
+            doc = self._connection.journal.find_one({"celery_id": celery_id})  # type: ignore[assignment]
+            if doc is not None:
+                doc["journaled"] = True
+        return doc
+
     def children(self, mid: str) -> Iterator[JobDoc]:
         return iter(self._connection.jobs.find({"mid": mid}))  # type: ignore[arg-type]
 

@@ -68,8 +68,10 @@ def test_a_running_job_reports_progress(results: Results, celery_style: bool) ->
 
 def test_an_id_that_names_no_job_is_an_error_not_pending_for_ever(results: Results) -> None:
     app, _, _ = results
-    with pytest.raises(JobNotFound, match="not a core4celery job id"):
-        app.AsyncResult("2f1e1c3a-5b56-4d53-9a68-3b1f9f0c1a2b").get(timeout=5)
+    with pytest.raises(JobNotFound, match="neither a core4celery job id nor a Celery task id"):
+        app.AsyncResult("garbage").get(timeout=5)
+    # a Celery task id may be a message of a plain client that no worker adopted yet: in flight, as in Celery
+    assert app.AsyncResult("2f1e1c3a-5b56-4d53-9a68-3b1f9f0c1a2b").state == "PENDING"
     with pytest.raises(JobNotFound, match="no job has the id"):
         app.AsyncResult("0" * 24).get(timeout=5)
 
@@ -130,3 +132,18 @@ def test_autoretry_for_maps_max_retries_onto_attempts(results: Results) -> None:
         exhausted.get(timeout=60)
     error: Any = caught.value
     assert (error.job_state, error.trial) == ("error", 3)
+
+
+def test_a_message_from_a_plain_celery_client_is_adopted_as_a_job(results: Results, db_url: str) -> None:
+    """app.send_task (or `celery call`, or a client in another language) does not go through Core4Task."""
+    app, core4, worker = results
+    sent = app.send_task("r.square", args=(6,))
+    assert app.AsyncResult(sent.id).get(timeout=60) == 36
+    adopted = core4.connection.journal.find_one({"celery_id": sent.id})
+    assert adopted is not None and adopted["state"] == "complete" and adopted["args"] == {"n": 6}
+    assert f"message {sent.id} from a plain Celery client adopted as job {adopted['_id']}" in worker.output()
+    env = {**os.environ, "CORE4CELERY_MONGODB_URL": db_url, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "tests.apps.results", "call", "r.square",
+                          "--args", "[8]"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    called = out.stdout.strip()
+    assert app.AsyncResult(called).get(timeout=60) == 64, out.stdout + out.stderr
