@@ -41,7 +41,7 @@ from .store.nodes import Nodes
 from .store.outage import Outage
 from .store.queries import JobQueries
 from .store.values import MAX_BSON_SIZE, check_json
-from .transport import TRANSPORT
+from .transport import TRANSPORT, on_purge
 from .wakeups import Wakeups
 
 APP_DEFAULTS = {
@@ -88,6 +88,7 @@ class Core4:
             app.on_after_configure.connect(lambda sender, **_: self._configured(sender), weak=False)
         app.steps["worker"].add(Core4WorkerStep)
         signals.after_task_publish.connect(self._ring_for_plain_task, weak=False)
+        on_purge(self._purge_queue)
         # tasks defined from here on are created (and validated) at decoration time
         app.finalize()
 
@@ -103,6 +104,16 @@ class Core4:
         if isinstance(url, str) and mask_url(url) != url:
             self._conf_url = url
             conf[URL_SETTING] = mask_url(url)
+
+    def _purge_queue(self, queue: str) -> int:
+        """A purge of one of this app's task queues removes its waiting core4 jobs too."""
+        if queue not in self.app.amqp.queues:
+            return 0  # a reply or event queue, or another app's
+        return self.operations.purge(queue=queue)
+
+    def purge(self, name: str | None = None, queue: str | None = None) -> int:
+        """Remove the waiting jobs of a name or a queue (all with neither) into the journal."""
+        return self.operations.purge(queue=queue, name=name)
 
     def _ring_for_plain_task(self, sender: str | None = None, routing_key: str | None = None,
                              headers: Mapping[str, Any] | None = None, **_: Any) -> None:

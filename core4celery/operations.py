@@ -82,6 +82,21 @@ class Operations:
         self._dispatch()
         return Outcome.REMOVED
 
+    # -- purge --------------------------------------------------------------
+    def purge(self, queue: str | None = None, name: str | None = None) -> int:
+        """Remove every waiting job of a queue (or a name) into the journal; running jobs run on.
+
+        What ``celery purge`` means for core4 jobs: their backlog lives in the
+        registry, not in the broker, so emptying the broker alone left it to run.
+        """
+        removed = 0
+        for oid in self._store.waiting_ids(queue, name):
+            if self._store.request_remove(oid) and self._store.remove(oid) is not None:
+                removed += 1
+        if removed:
+            log.info("purged %d waiting job(s)%s", removed, f" of queue {queue}" if queue else "")
+        return removed
+
     # -- restart ------------------------------------------------------------
     def restart(self, job_id: Any) -> str:
         """Deferred/failed: due now, same id. Error/killed/inactive: a new job, the old one journaled."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kombu.transport import mongodb
@@ -54,6 +55,16 @@ IDLE_AFTER = 1.0  # seconds without a message before a worker's consumer waits f
 REJECTED = "messages.rejected"  # where unreadable messages go, beside kombu's collections
 
 _idle_wait = 0.0  # seconds; 0: never wait for wake-ups (every process but a worker)
+
+
+PurgeHook = Callable[[str], int]
+_purge_hooks: list[PurgeHook] = []
+
+
+def on_purge(hook: PurgeHook) -> None:
+    """``hook(queue)`` runs when a queue is purged (``celery purge``, ``worker --purge``) and returns what it removed."""
+    if hook not in _purge_hooks:
+        _purge_hooks.append(hook)
 
 
 def sleep_when_idle(seconds: float) -> None:
@@ -97,6 +108,11 @@ class Channel(mongodb.Channel):
             return
         self._kept[queue] = now
         super()._update_queues_expire(queue)
+
+    def _purge(self, queue: str) -> int:
+        """The queue's messages, and what the registered hooks remove with them (core4's waiting jobs)."""
+        purged = int(super()._purge(queue) or 0)
+        return purged + sum(hook(queue) for hook in list(_purge_hooks))
 
     def poll_broadcasts_now(self) -> None:
         self._polled.clear()

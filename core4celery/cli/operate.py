@@ -64,6 +64,20 @@ def remove(ctx: click.Context, targets: tuple[str, ...], hard: bool) -> None:
 
 
 @main.command()
+@click.argument("name", required=False)
+@click.option("-Q", "--queue", help="only the waiting jobs of this queue")
+@click.option("-f", "--force", is_flag=True, help="do not ask for confirmation")
+@click.pass_context
+def purge(ctx: click.Context, name: str | None, queue: str | None, force: bool) -> None:
+    """Remove waiting jobs (of NAME, or of a queue; all without either) into the journal; running jobs run on."""
+    core4 = handle(ctx)
+    what = " and ".join(filter(None, [f"named {name}" if name else "", f"of queue {queue}" if queue else ""]))
+    if not force:
+        click.confirm(f"Remove every waiting job{' ' + what if what else ''}? There is no undo", abort=True)
+    click.echo(f"removed {core4.purge(name=name, queue=queue)} waiting job(s)")
+
+
+@main.command()
 @click.pass_context
 def halt(ctx: click.Context) -> None:
     """Stop every running worker after its running jobs finish."""

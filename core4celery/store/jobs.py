@@ -46,6 +46,7 @@ from .states import (
     REQUEUE,
     RESTART_WAITING,
     START,
+    WAITING,
     State,
     Transition,
 )
@@ -131,6 +132,15 @@ class JobStore:
             if doc is not None:
                 doc["journaled"] = True
         return doc
+
+    def waiting_ids(self, queue: str | None = None, name: str | None = None) -> list[ObjectId]:
+        """Jobs that wait (pending, with or without a ticket out; deferred; failed), of a queue or a name."""
+        query: dict[str, Any] = {"state": {"$in": [state.value for state in WAITING]}}
+        if queue is not None:
+            query["queue"] = queue
+        if name is not None:
+            query["name"] = name
+        return [doc["_id"] for doc in self._connection.jobs.find(query, {"_id": 1})]
 
     def children(self, mid: str) -> Iterator[JobDoc]:
         return iter(self._connection.jobs.find({"mid": mid}))  # type: ignore[arg-type]

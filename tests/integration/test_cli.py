@@ -117,3 +117,23 @@ def test_cli_masks_password_when_unreachable() -> None:
     code, out, err = cli("mongodb://alice:s3cret@127.0.0.1:9/x?serverSelectionTimeoutMS=300", "list")
     assert code != 0
     assert "s3cret" not in out + err and "****" in err
+
+
+def test_celery_purge_removes_waiting_jobs_from_the_registry_too(cluster: Cluster) -> None:
+    """The backlog of core4 jobs is in the registry: emptying the broker alone left it to run."""
+    core4 = cluster.core4
+    waiting = [core4.enqueue("t.square", n=n) for n in range(3)]  # no worker yet: they wait
+    env = {**os.environ, "CORE4CELERY_MONGODB_URL": cluster.url, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "tests.apps.jobs", "purge", "-f"], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Purged 3 messages" in out.stdout, out.stdout + out.stderr
+    for job_id in waiting:
+        doc = core4.get(job_id)
+        assert doc.get("journaled") and doc["removed_at"] is not None
+    kept = core4.enqueue("t.square", n=9)
+    code, printed, _ = cli(cluster.url, "purge", "t.record", "-f")  # another name: nothing to remove
+    assert code == 0 and printed.strip() == "removed 0 waiting job(s)"
+    code, printed, _ = cli(cluster.url, "purge", "t.square", "-f")
+    assert code == 0 and printed.strip() == "removed 1 waiting job(s)" and core4.get(kept).get("journaled")
+    cluster.worker()
+    assert core4.AsyncResult(core4.enqueue("t.square", n=4)).get(timeout=60) == 16  # new work still runs
