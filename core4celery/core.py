@@ -42,7 +42,7 @@ from .store.outage import Outage
 from .store.queries import JobQueries
 from .store.values import MAX_BSON_SIZE, check_json
 from .transport import TRANSPORT, on_purge
-from .wakeups import Wakeups
+from .wakeups import Wakeups, broker_database
 
 APP_DEFAULTS = {
     "worker_prefetch_multiplier": 1,
@@ -88,7 +88,7 @@ class Core4:
             app.on_after_configure.connect(lambda sender, **_: self._configured(sender), weak=False)
         app.steps["worker"].add(Core4WorkerStep)
         signals.after_task_publish.connect(self._ring_for_plain_task, weak=False)
-        on_purge(self._purge_queue)
+        on_purge(self)
         # tasks defined from here on are created (and validated) at decoration time
         app.finalize()
 
@@ -105,10 +105,13 @@ class Core4:
             self._conf_url = url
             conf[URL_SETTING] = mask_url(url)
 
-    def _purge_queue(self, queue: str) -> int:
-        """A purge of one of this app's task queues removes its waiting core4 jobs too."""
+    def purge_queue(self, database: str, queue: str) -> int:
+        """A purge of one of this app's task queues (on its broker) removes its waiting core4 jobs too."""
+        broker = str(self.app.conf.broker_url or "")
+        if not broker.startswith(("mongodb://", "mongodb+srv://")) or broker_database(broker) != database:
+            return 0  # another app's broker
         if queue not in self.app.amqp.queues:
-            return 0  # a reply or event queue, or another app's
+            return 0  # a reply or event queue
         return self.operations.purge(queue=queue)
 
     def purge(self, name: str | None = None, queue: str | None = None) -> int:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+import weakref
 from typing import Any
 
 from kombu.transport import mongodb
@@ -57,14 +57,13 @@ REJECTED = "messages.rejected"  # where unreadable messages go, beside kombu's c
 _idle_wait = 0.0  # seconds; 0: never wait for wake-ups (every process but a worker)
 
 
-PurgeHook = Callable[[str], int]
-_purge_hooks: list[PurgeHook] = []
+_purge_hooks: weakref.WeakSet[Any] = weakref.WeakSet()  # objects with purge_queue(database, queue) -> int
 
 
-def on_purge(hook: PurgeHook) -> None:
-    """``hook(queue)`` runs when a queue is purged (``celery purge``, ``worker --purge``) and returns what it removed."""
-    if hook not in _purge_hooks:
-        _purge_hooks.append(hook)
+def on_purge(owner: Any) -> None:
+    """``owner.purge_queue(database, queue)`` runs when a queue of that broker database is purged
+    (``celery purge``, ``worker --purge``) and returns what it removed. Held weakly."""
+    _purge_hooks.add(owner)
 
 
 def sleep_when_idle(seconds: float) -> None:
@@ -112,7 +111,8 @@ class Channel(mongodb.Channel):
     def _purge(self, queue: str) -> int:
         """The queue's messages, and what the registered hooks remove with them (core4's waiting jobs)."""
         purged = int(super()._purge(queue) or 0)
-        return purged + sum(hook(queue) for hook in list(_purge_hooks))
+        database = str(self.client.name)
+        return purged + sum(int(owner.purge_queue(database, queue)) for owner in list(_purge_hooks))
 
     def poll_broadcasts_now(self) -> None:
         self._polled.clear()
