@@ -29,10 +29,13 @@ class PerProcess(Generic[T]):
                 self._pid = os.getpid()
             return self._value
 
-    def current(self) -> T | None:
-        """This process's value if it made one (nothing is made)."""
+    def close_with(self, close: Callable[[T], object]) -> None:
+        """``close`` this process's value if it made one, and forget it (the next get() makes a new one)."""
         with self._lock:
-            return self._value if self._pid == os.getpid() else None
+            value = self._value if self._pid == os.getpid() else None
+            self._value = None
+        if value is not None:
+            close(value)
 
     def reset(self) -> None:
         """Forget this process's value (e.g. a thread that died); the next get() makes a new one."""

@@ -55,10 +55,7 @@ class Wakeups:
         )
 
     def close(self) -> None:
-        client = self._client.current()
-        if client is not None:
-            client.close()
-            self._client.reset()
+        self._client.close_with(MongoClient.close)
 
     def ring(self, queue: str) -> None:
         """Best effort: a failed ring is logged, the ticket is picked up at the sleeper's next poll."""

@@ -56,10 +56,7 @@ class Connection:
 
     def close(self) -> None:
         """Close this process's client, if it made one (a later use opens a new one)."""
-        client = self._client.current()
-        if client is not None:
-            client.close()
-            self._client.reset()
+        self._client.close_with(MongoClient.close)
 
     @property
     def db(self) -> Database[Doc]:
