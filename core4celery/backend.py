@@ -68,6 +68,30 @@ class RegistryBackend(BaseBackend):
             self._given = self.app.core4celery.store
         return self._given
 
+    @property
+    def _core4(self) -> Any:
+        return self.app.core4celery
+
+    def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
+        """Celery's chord: the body is written as jobs waiting for the header's members (no unlock task
+        polling a backend; nothing is lost when a worker or the broker restarts)."""
+        group_id, members = header_result_args[0], header_result_args[1]
+        self._core4.plan_chord(str(group_id), [str(member.id) for member in members], body)
+
+    def _save_group(self, group_id: str, result: Any) -> Any:
+        self._core4.groups.save(group_id, [str(member.id) for member in result.results])
+        return result
+
+    def _restore_group(self, group_id: str) -> dict[str, Any] | None:
+        members = self._core4.groups.restore(group_id)
+        if members is None:
+            return None
+        results = [self.app.AsyncResult(member) for member in members]
+        return {"result": self.app.GroupResult(group_id, results)}
+
+    def _delete_group(self, group_id: str) -> None:
+        self._core4.groups.forget(group_id)
+
     def store_result(self, *args: Any, **kwargs: Any) -> None:
         """The worker side writes the registry itself; Celery's writes are not needed."""
 

@@ -12,34 +12,40 @@ import base64
 import os
 from collections import ChainMap
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import Any, cast
+from typing import Any
 
+from bson import ObjectId
 from celery import Celery, Task, signals
 from celery.result import AsyncResult
 from kombu.utils.json import dumps as kombu_dumps
 
 from .backend import RegistryBackend
 from .broker import prepare_broker
+from .canvas import COLLECT, Plan, Tails
 from .clock import later, now
 from .config.numbers import check_seconds
 from .config.options import ENQUEUE_OPTIONS
 from .config.settings import CONF_PREFIX, Settings, mask_url
 from .dispatch.background import BackgroundHandover
 from .dispatch.control import Control
+from .dispatch.dependencies import Dependencies
 from .dispatch.dispatcher import Dispatcher
-from .errors import InvalidArguments, JobNotFound, UnknownTask
+from .errors import DependencyFailed, InvalidArguments, JobNotFound, UnknownTask
 from .events import JobEvents
 from .inspection import mask_remote_inspection
 from .metrics import code_path
 from .operations import Operations, Outcome
 from .store.connection import Connection, Doc
-from .store.document import TICKET_HEADER, JobDoc, new_job
+from .store.document import TICKET_HEADER, JobDoc, Links, new_job
+from .store.groups import Groups
 from .store.jobs import JobStore
 from .store.nodes import Nodes
 from .store.outage import Outage
 from .store.queries import JobQueries
+from .store.states import STOPPED, State
 from .store.values import MAX_BSON_SIZE, check_json
 from .transport import TRANSPORT, on_purge
 from .wakeups import Wakeups, broker_database
@@ -86,7 +92,9 @@ class Core4:
             self._configured(app)
         else:
             app.on_after_configure.connect(lambda sender, **_: self._configured(sender), weak=False)
+        self._chord_members: dict[str, Links] = {}  # a chord's header members, planned with its body
         app.steps["worker"].add(Core4WorkerStep)
+        define_collect(app)
         signals.after_task_publish.connect(self._ring_for_plain_task, weak=False)
         on_purge(self)
         # tasks defined from here on are created (and validated) at decoration time
@@ -177,6 +185,14 @@ class Core4:
         return Dispatcher(self.store, self.nodes, self.control, self.app, self.settings, ring)
 
     @cached_property
+    def dependencies(self) -> Dependencies:
+        return Dependencies(self.store)
+
+    @cached_property
+    def groups(self) -> Groups:
+        return Groups(self.connection)
+
+    @cached_property
     def handovers(self) -> BackgroundHandover:
         return BackgroundHandover(self.dispatcher.hand_over)
 
@@ -242,11 +258,12 @@ class Core4:
     def _enqueue(self, task: Task | str, kwargs: dict[str, Any], mid: str | None) -> str:
         found = self.task(task)
         options = {key: kwargs.pop(key) for key in ENQUEUE_OPTIONS if key in kwargs}
+        dependency = kwargs.pop("dependency", None)
         explicit = kwargs.pop("args", None) or {}
         if not isinstance(explicit, dict):
             raise InvalidArguments(f"args must be a dict, got {type(explicit).__name__}")
         arguments = found.bind_arguments((), {**explicit, **kwargs})
-        return self.submit(found, arguments, options=options, mid=mid)
+        return self.submit(found, arguments, options=options, mid=mid, dependency=dependency)
 
     def submit(
         self,
@@ -259,28 +276,106 @@ class Core4:
         eta: datetime | None = None,
         queue: str | None = None,
         mid: str | None = None,
-        celery_id: str | None = None,
+        links: Links | None = None,
+        dependency: Any = None,
     ) -> str:
         """Validate everything, then write the job with one insert (nothing half-written).
 
-        ``celery_id``: the id of the plain Celery message this job adopts (its results are found by it).
+        ``links``: its place in a canvas, or the id of the plain Celery message it adopts.
+        ``dependency``: ids of jobs that must complete before this one is due.
         """
+        awaited = self._awaited(dependency)
+        if awaited:
+            links = replace(links or Links(), after=awaited)
+        doc = self.build(task, arguments, options=options, priority=priority, countdown=countdown, eta=eta,
+                         queue=queue, mid=mid, links=links)
+        job_id = self.insert(doc)
+        if awaited:
+            self._wait_for(doc["_id"], awaited)
+        return job_id
+
+    def build(self, task: Any, arguments: dict[str, Any], *, options: dict[str, Any] | None = None,
+              priority: int | None = None, countdown: float | None = None, eta: datetime | None = None,
+              queue: str | None = None, mid: str | None = None, links: Links | None = None) -> JobDoc:
+        """The job's document, every value checked; nothing is written."""
         check_json(arguments, f"arguments of {task.name}")
         overrides = dict(options or {})
         if priority is not None:
             overrides["priority"] = priority
         job_options = task.core4_options.override(overrides)
         doc = new_job(task.name, arguments, job_options, query_at=self._first_due(countdown, eta),
-                      mid=mid, queue=self._queue_of(task.name, queue))
+                      mid=mid, queue=self._queue_of(task.name, queue), links=links)
         check_ticket(doc)
-        if celery_id is not None:
-            cast(Doc, doc)["celery_id"] = celery_id
-        if doc["query_at"] <= now():  # type: ignore[operator]
+        return doc
+
+    def insert(self, doc: JobDoc) -> str:
+        """Write a built job: a due one may get its ticket at once; a blocked one waits for its dependencies."""
+        query_at = doc["query_at"]
+        if query_at is not None and query_at <= now():
             self.dispatcher.offer(doc)
         else:
             with code_path("enqueue"):
                 self.store.enqueue(doc)
         return str(doc["_id"])
+
+    def _awaited(self, dependency: Any) -> tuple[ObjectId, ...]:
+        """The ids of ``dependency`` still to complete; every one must name a job that has not failed."""
+        if dependency is None:
+            return ()
+        if isinstance(dependency, (str, ObjectId)):
+            dependency = [dependency]
+        if not isinstance(dependency, (list, tuple)):
+            raise InvalidArguments(f"dependency must be a list of job ids, got {dependency!r}")
+        ids = [_job_id(value) for value in dependency]
+        outcomes = self.store.outcomes(ids)
+        waiting = []
+        for job_id in dict.fromkeys(ids):
+            outcome = outcomes.get(job_id)
+            if outcome is None:
+                raise JobNotFound(f"dependency {job_id}: no job has this id")
+            if outcome["state"] in STOPPED_STATES or (outcome.get("journaled") and outcome["state"] != "complete"):
+                raise DependencyFailed(f"dependency {job_id} ({outcome['name']}) ended {outcome['state']}")
+            if outcome["state"] != State.COMPLETE.value:
+                waiting.append(job_id)
+        return tuple(waiting)
+
+    def _wait_for(self, job_id: ObjectId, awaited: tuple[ObjectId, ...]) -> None:
+        """The awaited jobs learn their successor; one that ended meanwhile is settled here (else by a sweep)."""
+        for awaited_id in awaited:
+            self.store.add_successor(awaited_id, job_id)
+        self.dependencies.settle([job_id])
+
+    # -- canvas --------------------------------------------------------------
+    def submit_plan(self, plan: Plan, scope: str, group_id: str | None = None) -> None:
+        """Write every job of a canvas, validated first; the jobs that wait are written before the due ones."""
+        plan.link_successors()
+        docs = []
+        for step in plan.waiting_first():
+            named, param = _bound(step)
+            links = replace(step.links(scope, step.options.get("group_id") or group_id),
+                            feed={"param": param, "list": step.fed == "list"} if param else None)
+            call = {key: step.options.get(key) for key in ("priority", "countdown", "eta", "queue")}
+            docs.append(self.build(step.task, named, links=links, **call))
+        for doc in docs:
+            self.insert(doc)
+
+    def plan_chord(self, group_id: str, member_ids: list[str], body: Any) -> None:
+        """Celery's ``apply_chord``: the body waits for the header's members, which Celery enqueues next
+        (each through ``apply_async`` with its frozen id: see :meth:`chord_member`)."""
+        from .task import Core4Task
+
+        members = {celery_id: ObjectId() for celery_id in member_ids}
+        plan = Plan(self.app, Core4Task)
+        plan.add(body, Tails(tuple(members.values()), many=True))
+        plan.link_successors()
+        firsts = tuple(step.job_id for step in plan.steps if set(step.after) & set(members.values()))
+        self.submit_plan(plan, scope=group_id)
+        for celery_id, job_id in members.items():
+            self._chord_members[celery_id] = Links(job_id=job_id, successors=firsts, scope=group_id,
+                                                   group_id=group_id, celery_id=celery_id)
+
+    def chord_member(self, celery_id: str | None) -> Links | None:
+        return self._chord_members.pop(celery_id, None) if celery_id else None
 
     def _queue_of(self, name: str, queue: Any) -> str:
         """The queue the ticket goes to, fixed at enqueue (capacity is counted per queue)."""
@@ -348,6 +443,37 @@ class Core4:
 
     def AsyncResult(self, job_id: str) -> AsyncResult:
         return AsyncResult(job_id, backend=self.backend, app=self.app)
+
+
+STOPPED_STATES = {state.value for state in STOPPED}
+
+
+def _job_id(value: Any) -> ObjectId:
+    if isinstance(value, ObjectId):
+        return value
+    if isinstance(value, str) and ObjectId.is_valid(value):
+        return ObjectId(value)
+    raise InvalidArguments(f"dependency: {value!r} is not a job id")
+
+
+def _bound(step: Any) -> tuple[dict[str, Any], str | None]:
+    """A step's arguments by name, and the parameter it is fed (None when it is fed nothing)."""
+    if step.fed:
+        named, param = step.task.bind_fed(step.args, step.kwargs)
+        return named, param
+    return step.task.bind_arguments(step.args, step.kwargs), None
+
+
+def define_collect(app: Celery) -> None:
+    """The body of ``task.map``/``task.starmap``: returns the members' results, in order, as a list."""
+    from .task import Core4Task
+
+    if COLLECT in app.tasks:
+        return
+
+    @app.task(base=Core4Task, name=COLLECT, author="core4celery", shared=False)
+    def collect(results: list[Any]) -> list[Any]:
+        return results
 
 
 def check_ticket(doc: JobDoc) -> None:

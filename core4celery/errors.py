@@ -10,7 +10,8 @@ Every error derives from :class:`Core4Error`, so callers can catch one root::
      ├── UnknownTask          no core4 task is registered under that name
      ├── JobExists            a live job with the same name and arguments exists
      ├── JobNotFound          no live or journaled job has that id
-     └── OperationRefused     an operation is not allowed in the job's current state
+     ├── OperationRefused     an operation is not allowed in the job's current state
+     └── DependencyFailed     a job a waiting job depends on ended without completing
 
 Deferring is not an error; see :mod:`core4celery.signals`.
 """
@@ -57,3 +58,7 @@ class JobNotFound(Core4Error, LookupError):
 
 class OperationRefused(Core4Error):
     """The job's state does not allow the requested operation."""
+
+
+class DependencyFailed(Core4Error):
+    """A job this one waited for (``dependency``, a chain's previous step) ended in error, killed or inactive."""

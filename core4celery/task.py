@@ -18,12 +18,13 @@ from bson import ObjectId
 from celery import Task
 from celery.result import AsyncResult
 
+from .canvas import Plan, Tails, chunks_signature, map_signature
 from .clock import now
 from .config.numbers import check_seconds
 from .config.options import ENQUEUE_OPTIONS, JobOptions, check_author, option_hint
 from .errors import ConfigurationError, InvalidArguments, JobExists
 from .signals import JobDeferred, JobRetry
-from .store.document import TICKET_HEADER
+from .store.document import TICKET_HEADER, Links
 from .worker.run import JobRun
 
 if TYPE_CHECKING:
@@ -34,9 +35,13 @@ log = logging.getLogger(__name__)
 
 # Celery calling options that have a core4 meaning; anything else is refused
 CALL_OPTIONS = ("priority", "countdown", "eta", "queue")
+# what Celery's canvas passes a member (see core4celery.canvas); "dependency" is core4's
+CANVAS_OPTIONS = ("task_id", "group_id", "chain", "chord", "link", "dependency")
+# the canvas's bookkeeping for its own result messages: results are read from the registry instead
+CANVAS_BOOKKEEPING = ("reply_to", "root_id", "parent_id", "group_index", "add_to_parent", "stamped_headers")
 # how a message would travel: the ticket is published later by the dispatcher, so these say nothing here
 # (celery beat passes a producer and headers on every tick)
-TRANSPORT_OPTIONS = ("producer", "headers", "exchange", "routing_key", "serializer")
+TRANSPORT_OPTIONS = ("producer", "headers", "exchange", "routing_key", "serializer", *CANVAS_BOOKKEEPING)
 BEAT_HEADERS = ("celery_beat_task", "periodic_task_name")  # celery beat's, django-celery-beat's
 
 
@@ -104,7 +109,8 @@ class Core4Task(Task):
             return self._adopt(request.id, args, kwargs)
         hostname = request.hostname or ""
         run = JobRun(core4.store, core4.events, request.id, self.name, core4.worker_id(hostname), hostname,
-                     core4.settings.run_lease, after_end=core4.handovers.submit)
+                     core4.settings.run_lease, after_end=core4.handovers.submit,
+                     settle=core4.dependencies.settle)
         request.core4_run = run
         return run.execute(self.body, kwargs, getattr(request, TICKET_HEADER, None))
 
@@ -114,7 +120,7 @@ class Core4Task(Task):
         rules; ``AsyncResult(message_id)`` finds it through the id it keeps."""
         arguments = self.bind_arguments(tuple(args), dict(kwargs))
         try:
-            job_id = self.core4.submit(self, arguments, celery_id=message_id)
+            job_id = self.core4.submit(self, arguments, links=Links(celery_id=message_id))
         except JobExists as exc:  # the same job waits or runs (or this message came twice)
             log.info("%s: message %s not adopted, its job %s exists", self.name, message_id, exc.job_id)
             return
@@ -137,6 +143,7 @@ class Core4Task(Task):
         if self.app.conf.task_always_eager:
             raise self._no_eager()
         headers = options.get("headers") or {}
+        canvas = {key: options.pop(key) for key in CANVAS_OPTIONS if options.get(key) is not None}
         unsupported = sorted(k for k, v in options.items()
                              if k not in CALL_OPTIONS and k not in TRANSPORT_OPTIONS and v is not None)
         if unsupported:
@@ -146,16 +153,58 @@ class Core4Task(Task):
             raise InvalidArguments(f"{self.name}: args must be a list or tuple, got {args!r} ({type(args).__name__})")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise InvalidArguments(f"{self.name}: kwargs must be a dict, got {kwargs!r} ({type(kwargs).__name__})")
+        call = {k: options.get(k) for k in CALL_OPTIONS}
+        if canvas.get("chain") or canvas.get("link"):
+            return self._apply_chain(tuple(args or ()), dict(kwargs or {}), call, canvas)
         arguments = self.bind_arguments(tuple(args or ()), dict(kwargs or {}))
         try:
-            job_id = self.core4.submit(self, arguments, **{k: options.get(k) for k in CALL_OPTIONS})
+            job_id = self.core4.submit(self, arguments, links=self._member_links(canvas),
+                                       dependency=canvas.get("dependency"), **call)
         except JobExists as exc:
             if not isinstance(headers, dict) or not any(key in headers for key in BEAT_HEADERS):
                 raise
             # a schedule's tick while its last job still waits or runs: core4 queues it once (not an error)
             log.info("%s: skipped a scheduled tick, its job %s still exists", self.name, exc.job_id)
             return self.AsyncResult(exc.job_id or "")
-        return self.AsyncResult(job_id)
+        return self.AsyncResult(canvas.get("task_id") or job_id)
+
+    def _member_links(self, canvas: dict[str, Any]) -> Links | None:
+        """A group's or chord's member answers to its frozen Celery id and is unique only within its group."""
+        if "dependency" in canvas and len(canvas) == 1:
+            return None
+        task_id = canvas.get("task_id")
+        if task_id is not None and not isinstance(task_id, str):
+            raise InvalidArguments(f"{self.name}: task_id must be a str, got {task_id!r}")
+        if canvas.get("chord") is not None:
+            member = self.core4.chord_member(task_id)
+            if member is not None:
+                return member
+        group_id = canvas.get("group_id")
+        return Links(celery_id=task_id, scope=group_id, group_id=group_id)
+
+    def _apply_chain(self, args: tuple[Any, ...], kwargs: dict[str, Any], call: dict[str, Any],
+                     canvas: dict[str, Any]) -> AsyncResult:
+        """The first step of a chain (or a task with ``link`` callbacks): every later step is written now,
+        waiting for the one before it, instead of travelling in the message."""
+        if canvas.get("dependency") is not None:
+            raise InvalidArguments(f"{self.name}: dependency= applies to single jobs, not to a chain's first step")
+        head = self.signature(args, kwargs, **{k: v for k, v in call.items() if v is not None},
+                              task_id=canvas.get("task_id"), chain=canvas.get("chain"), link=canvas.get("link"))
+        plan = Plan(self.app, Core4Task)
+        plan.add(head, Tails())
+        scope = canvas.get("task_id") or str(plan.steps[0].job_id)
+        self.core4.submit_plan(plan, scope=scope, group_id=canvas.get("group_id"))
+        return self.AsyncResult(canvas.get("task_id") or str(plan.steps[0].job_id))
+
+    def map(self, it: Any) -> Any:
+        """One job per item and a collector: ``get()`` returns the results as a list, as Celery's map does."""
+        return map_signature(self, it, star=False)
+
+    def starmap(self, it: Any) -> Any:
+        return map_signature(self, it, star=True)
+
+    def chunks(self, it: Any, n: int) -> Any:
+        return chunks_signature(self, it, n)
 
     def apply(self, *args: Any, **kwargs: Any) -> Any:
         raise self._no_eager()
@@ -163,6 +212,18 @@ class Core4Task(Task):
     def _no_eager(self) -> InvalidArguments:
         return InvalidArguments(f"{self.name}: eager execution (task.apply(), task_always_eager) of core4 jobs is "
                                 "not supported yet; enqueue with delay() and run a worker")
+
+    def bind_fed(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """A canvas step is fed the previous result as its first positional argument (as in Celery):
+        the arguments without it, and the name of the parameter that will receive it."""
+        fed = object()
+        named = self.bind_arguments((fed, *args), kwargs)
+        param = next((key for key, value in named.items() if value is fed), None)
+        if param is None:
+            raise InvalidArguments(f"{self.name}: a canvas step needs a positional parameter for the previous "
+                                   "step's result (or use .si() for an immutable signature)")
+        named[param] = None
+        return named, param
 
     def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """core4 passes arguments by name, so positional ones are named here."""

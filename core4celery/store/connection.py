@@ -26,6 +26,7 @@ Doc = dict[str, Any]
 DISPATCH_ORDER = [("force", DESCENDING), ("priority", DESCENDING), ("_id", ASCENDING)]
 DISPATCH_INDEX = "dispatch_order"
 DUE_INDEX = "due"
+BLOCKED_INDEX = "blocked"  # jobs waiting for their dependencies (few; swept by every worker)
 FRONT_INDEX = "front"  # single-field: SecantusDB bounds a scan on it by the front's size, not the backlog's
 SOCKET_TIMEOUT_MS = 60_000
 
@@ -78,6 +79,10 @@ class Connection:
         return self.collection("gates")
 
     @property
+    def groups(self) -> Collection[Doc]:
+        return self.collection("groups")
+
+    @property
     def workers(self) -> Collection[Doc]:
         return self.collection("workers")
 
@@ -126,6 +131,7 @@ class Connection:
         jobs.create_index([("celery_id", ASCENDING)], name="celery_id", sparse=True)
         self.journal.create_index([("celery_id", ASCENDING)], name="celery_id", sparse=True)
         jobs.create_index([("removed_at", ASCENDING)], name="removed")
+        jobs.create_index([("blocked_at", ASCENDING)], name=BLOCKED_INDEX, sparse=True)
         self.journal.create_index([("mid", ASCENDING)], name="mid", sparse=True)
         self.journal.create_index([("name", ASCENDING)], name="name")
         self.workers.create_index([("heartbeat", ASCENDING)], name="heartbeat")

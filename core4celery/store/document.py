@@ -72,6 +72,12 @@ class JobDoc(TypedDict, total=False):
     wall_at: datetime | None
     rev: ObjectId  # written by every transition: tells whether a write whose reply was lost landed
     slot: ObjectId  # the token of the claim whose slots the job holds (see store/slots.py)
+    after: list[ObjectId]  # jobs this one waits for (dependency=, a canvas); it is due once all completed
+    feed: dict[str, Any]  # {"param", "list"}: the argument that receives the results of ``after`` (canvas)
+    blocked_at: datetime  # present while it waits for ``after`` (sparse index "blocked")
+    successors: list[ObjectId]  # jobs waiting for this one: its run releases them when it ends
+    group_id: str  # the Celery group (or chord header) this job belongs to
+    celery_id: str  # the Celery task id the job answers to (a canvas's frozen id, an adopted message's id)
     source_rev: ObjectId | None  # journal copies only: the live rev the copy was built from
     journaled: bool  # set on reads from the journal, never stored
 
@@ -87,10 +93,12 @@ def new_job(
     parent_id: ObjectId | None = None,
     trial: int = 0,
     job_id: ObjectId | None = None,
+    links: Links | None = None,
 ) -> JobDoc:
+    links = links or Links()
     doc: JobDoc = {
-        "_id": job_id or ObjectId(), "name": name, "args": arguments,
-        "args_hash": args_hash(name, arguments, mid), "mid": mid,
+        "_id": job_id or links.job_id or ObjectId(), "name": name, "args": arguments,
+        "args_hash": args_hash(name, arguments, mid, links.scope), "mid": mid,
         "state": State.PENDING.value, "attempts_left": options.attempts, "trial": trial, "query_at": query_at,
         "enqueued": {"at": now(), "hostname": socket.gethostname(), "parent_id": parent_id},
         "started_at": None, "finished_at": None, "runtime": 0.0, "locked": None,
@@ -98,13 +106,42 @@ def new_job(
         "killed_at": None, "removed_at": None, "zombie_at": None, "wall_at": None, "queue": queue,
     }
     doc.update(options.as_document())  # type: ignore[typeddict-item]
+    doc.update(links.fields(doc["enqueued"]["at"]))  # type: ignore[typeddict-item]
     return doc
 
 
 # what a ticket carries about its job (a message header), so a run needs no read of its document
 TICKET_HEADER = "core4"
 TICKET_FIELDS = ("trial", "attempts_left", "runtime", "defer_time", "error_time", "progress_interval", "queue",
-                 "max_parallel", "slot")
+                 "max_parallel", "slot", "successors")
+
+
+@dataclass(frozen=True)
+class Links:
+    """How a job hangs in a canvas or on its dependencies; all of it lives in the job's document."""
+
+    after: tuple[ObjectId, ...] = ()
+    feed: dict[str, Any] | None = None  # {"param": name, "list": bool}
+    successors: tuple[ObjectId, ...] = ()
+    scope: str | None = None  # uniqueness scope (see values.args_hash)
+    group_id: str | None = None
+    celery_id: str | None = None
+    job_id: ObjectId | None = None  # assigned beforehand, so other members can name it
+
+    def fields(self, stamp: datetime) -> dict[str, Any]:
+        """The document fields, set only when used (a plain job's document has none of them)."""
+        fields: dict[str, Any] = {}
+        if self.after:
+            fields.update(after=list(self.after), blocked_at=stamp, query_at=None)
+        if self.feed is not None:
+            fields["feed"] = self.feed
+        if self.successors:
+            fields["successors"] = list(self.successors)
+        if self.group_id is not None:
+            fields["group_id"] = self.group_id
+        if self.celery_id is not None:
+            fields["celery_id"] = self.celery_id
+        return fields
 
 
 @dataclass(frozen=True)
@@ -126,6 +163,7 @@ class Run:
     max_parallel: int
     slot: ObjectId | None = None  # the claim token of the slots this run holds
     args: dict[str, Any] | None = None  # set when the start had to read the job (a ticket without the header)
+    successors: tuple[ObjectId, ...] = ()  # released (or abandoned) by this run's final ending
 
     @classmethod
     def of(cls, fields: Mapping[str, Any], *, job_id: ObjectId, name: str, token: ObjectId, rev: ObjectId,
@@ -135,7 +173,8 @@ class Run:
                    defer_time=float(fields["defer_time"]), error_time=float(fields["error_time"]),
                    progress_interval=float(fields["progress_interval"]), queue=str(fields.get("queue") or "celery"),
                    max_parallel=int(fields["max_parallel"]), slot=_object_id(fields.get("slot")),
-                   args=fields.get("args"))
+                   args=fields.get("args"),
+                   successors=tuple(ObjectId(str(job)) for job in fields.get("successors") or ()))
 
     def ended(self, stamp: datetime) -> dict[str, Any]:
         """The fields every ending writes."""
@@ -147,6 +186,7 @@ def ticket_header(doc: Mapping[str, Any]) -> dict[str, Any]:
     """Only the fields, never the arguments (those travel as the ticket's kwargs); JSON-safe."""
     header = {key: doc.get(key) for key in TICKET_FIELDS}
     header["slot"] = str(header["slot"]) if header["slot"] is not None else None
+    header["successors"] = [str(job) for job in header["successors"] or ()]
     return header
 
 

@@ -26,11 +26,12 @@ from pymongo.errors import DuplicateKeyError
 from ..clock import EPOCH, later, now
 from ..errors import JobExists
 from ..events import JobEvents
-from .connection import DISPATCH_ORDER, DUE_INDEX, FRONT_INDEX, Connection, Doc, as_object_id
+from .connection import BLOCKED_INDEX, DISPATCH_ORDER, DUE_INDEX, FRONT_INDEX, Connection, Doc, as_object_id
 from .document import TICKET_FIELDS, JobDoc, Run, lock_of
 from .journal import Journal
 from .slots import Holder, Slots, SlotState
 from .states import (
+    ABANDON,
     CLAIM_RESTART,
     DEFER,
     DISPATCH,
@@ -41,6 +42,7 @@ from .states import (
     KILL_RUNNING,
     KILL_WAITING,
     RECOVER,
+    RELEASE,
     REQUEST_KILL,
     REQUEST_REMOVE,
     REQUEUE,
@@ -61,6 +63,8 @@ CANDIDATE_FIELDS = {"name": 1, "state": 1, "max_parallel": 1, "inactive_at": 1, 
 RUN_FIELDS = {"name": 1, "state": 1, "locked": 1, "killed_at": 1, "started_at": 1, "runtime": 1, "queue": 1, "slot": 1,
               "zombie_time": 1, "wall_time": 1, "zombie_at": 1, "wall_at": 1}
 FRONT_FIELDS = {"force": 1, "priority": 1, "front_at": 1}
+BLOCKED_FIELDS = {"name": 1, "after": 1, "feed": 1, "blocked_at": 1, "successors": 1, "force": 1, "priority": 1}
+OUTCOME_FIELDS = {"name": 1, "state": 1, "result": 1, "last_error": 1}
 MOVE_RETRIES = 5
 
 
@@ -236,6 +240,9 @@ class JobStore:
     # -- enqueue and dispatch --------------------------------------------------
     def enqueue(self, doc: JobDoc, front: bool = True) -> None:
         """A waiting job: dispatchers see it on their next pass (``front``: else once the front is refilled)."""
+        if doc.get("blocked_at") is not None:  # it waits for its dependencies: not due, not in the front
+            self._insert(doc)
+            return
         if front:
             cast(Doc, doc)["front_at"] = doc["query_at"]  # the caller's copy shows it too, like "slot"
         self._insert(doc)
@@ -368,6 +375,54 @@ class JobStore:
         if count:
             self._bump()
         return count
+
+    # -- dependencies (decided by core4celery.dispatch.dependencies) ------------
+    def blocked(self, limit: int, among: Collection[ObjectId] | None = None) -> list[JobDoc]:
+        """Jobs that wait for their dependencies (``among``: only these)."""
+        query = _among({"blocked_at": {"$gt": EPOCH}}, among)
+        cursor = self._connection.jobs.find(query, BLOCKED_FIELDS).hint(BLOCKED_INDEX).limit(limit)
+        return list(cursor)  # type: ignore[arg-type]
+
+    def outcomes(self, ids: Collection[ObjectId]) -> dict[ObjectId, JobDoc]:
+        """Each job's state (and result): the live document, else its journal copy; absent ids are missing.
+
+        Live first: a move writes the journal copy before it deletes the live
+        document, so a job missed by the first read is found by the second.
+        """
+        if not ids:
+            return {}
+        query = {"_id": {"$in": list(ids)}}
+        live = {doc["_id"]: doc for doc in self._connection.jobs.find(query, OUTCOME_FIELDS)}
+        found = {doc["_id"]: {**doc, "journaled": True} for doc in self._connection.journal.find(query, OUTCOME_FIELDS)}
+        found.update(live)
+        return found  # type: ignore[return-value]
+
+    def add_successor(self, job_id: ObjectId, successor: ObjectId) -> bool:
+        """A job enqueued later waits for this live one: its run releases the successor when it ends.
+
+        Not a transition (the state and ``rev`` stay): the completion copies the
+        live document, successors included.
+        """
+        jobs = self._connection.jobs
+        result = self._outage.run(lambda: jobs.update_one({"_id": job_id}, {"$addToSet": {"successors": successor}}),
+                                  f"link job {job_id}")
+        return result.matched_count == 1
+
+    def release(self, doc: Mapping[str, Any], arguments: Mapping[str, Any]) -> bool:
+        """Its dependencies completed: the job becomes due, with ``arguments`` (their results) filled in."""
+        fields = {"query_at": now(), **{f"args.{name}": value for name, value in arguments.items()}}
+        if not self._apply(RELEASE, doc["_id"], {"$set": fields, "$unset": {"blocked_at": ""}},
+                           where={"blocked_at": doc["blocked_at"]}):
+            return False
+        self._bump((bool(doc.get("force")), int(doc.get("priority") or 0)))
+        return True
+
+    def abandon(self, doc: Mapping[str, Any], error: dict[str, Any]) -> bool:
+        """A dependency ended without completing: the job can never run and ends in error."""
+        stamp = now()
+        fields = {"last_error": {**error, "at": stamp}, "finished_at": stamp, "query_at": None, "attempts_left": 0}
+        return self._apply(ABANDON, doc["_id"], {"$set": fields, "$unset": {"blocked_at": ""}},
+                           where={"blocked_at": doc["blocked_at"]})
 
     # -- one run ---------------------------------------------------------------
     def start(self, job_id: ObjectId, name: str, locked: dict[str, Any], ticket: Mapping[str, Any] | None) -> Run | None:

@@ -66,10 +66,16 @@ CLAIM_RESTART = Transition("claim_restart", STOPPED, None)
 # remove: any live job is flagged; it is journaled as soon as it is not running
 REQUEST_REMOVE = Transition("request_remove", tuple(s for s in State if s is not State.COMPLETE), None)
 
+# release: a pending job whose dependencies all completed becomes due (a chain's next step, a chord's body)
+RELEASE = Transition("release", (State.PENDING,), None)
+# a pending job whose dependency ended without completing can never run: it ends in error
+ABANDON = Transition("abandon", (State.PENDING,), State.ERROR)
+
 TRANSITIONS = {
     t.name: t
     for t in (
         DISPATCH, REQUEUE, START, COMPLETE, DEFER, FAIL, ERROR, INACTIVATE, RECOVER, FLAG,
         KILL_WAITING, REQUEST_KILL, KILL_RUNNING, RESTART_WAITING, CLAIM_RESTART, REQUEST_REMOVE,
+        RELEASE, ABANDON,
     )
 }

@@ -101,7 +101,14 @@ def _check_key(key: Any, path: str) -> None:
         raise InvalidArguments(f"{path}: key {key!r} may not start with '$' or contain '.'")
 
 
-def args_hash(name: str, args: dict[str, Any], mid: str | None) -> str:
-    """core4's uniqueness key: the same name and arguments (and mother) is one job."""
-    text = json.dumps({"name": name, "args": args, "mid": mid}, sort_keys=True)
+def args_hash(name: str, args: dict[str, Any], mid: str | None, scope: str | None = None) -> str:
+    """core4's uniqueness key: the same name and arguments (and mother) is one job.
+
+    ``scope``: a canvas (group, chain, chord) is its own scope, so equal members of
+    one group are distinct jobs, while the same call twice outside a canvas is not.
+    """
+    key: dict[str, Any] = {"name": name, "args": args, "mid": mid}
+    if scope is not None:
+        key["scope"] = scope
+    text = json.dumps(key, sort_keys=True)
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -50,7 +50,8 @@ def exception_fields(exc: BaseException) -> dict[str, Any]:
 
 class JobRun:
     def __init__(self, store: JobStore, events: JobEvents, job_id: str, name: str, worker_id: str, hostname: str,
-                 run_lease: float, after_end: Callable[[Holder, bool], object]) -> None:
+                 run_lease: float, after_end: Callable[[Holder, bool], object],
+                 settle: Callable[[Collection[ObjectId]], object] = lambda ids: 0) -> None:
         self._store = store
         self._events = events
         self.oid = as_object_id(job_id)
@@ -60,6 +61,7 @@ class JobRun:
         self._hostname = hostname
         self._run_lease = run_lease
         self._after_end = after_end
+        self._settle = settle
         self.run: Run | None = None
         self._next_progress = 0.0
 
@@ -141,6 +143,7 @@ class JobRun:
             log.warning("job %s lost its lease before completing; result dropped", self.job_id)
             raise Ignore()
         log.info("done execution with [complete] after [%d] sec.", self._seconds(stamp))
+        self._release_successors()
 
     def _defer(self, signal: JobDeferred) -> None:
         stamp = now()
@@ -165,7 +168,19 @@ class JobRun:
                 state, self._seconds(stamp), left, exc)
         if state is State.FAILED:
             raise Retry(exc=exc, when=later(self._run.error_time if delay is None else delay, stamp))
+        self._release_successors()
         raise exc
+
+    def _release_successors(self) -> None:
+        """Jobs waiting for this one are released (or abandoned) now; a sweep would do it within seconds."""
+        successors = self._run.successors
+        if not successors:
+            return
+        try:
+            with code_path("finish"):
+                self._settle(successors)
+        except Exception as exc:  # the ending is written: the sweep settles them instead
+            log.warning("job %s: could not settle the jobs waiting for it (%r); a sweep will", self.job_id, exc)
 
     def progress(self, value: float, message: str | None, force: bool) -> bool:
         """Throttled by progress_interval; doubles as the job's heartbeat."""

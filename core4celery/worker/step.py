@@ -75,6 +75,7 @@ class Ticker(threading.Thread):
         self.housekeeping.round(active)
         self.core4.store.repair_slots()
         self.core4.dispatcher.reconcile()
+        self.core4.dependencies.sweep()
         if not draining:
             self.front.keep()
         if not draining and self.core4.control.halt_requested(ident["started_at"]):
