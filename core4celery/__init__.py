@@ -1,5 +1,7 @@
 """core4celery: core4's job semantics on Celery with a MongoDB registry."""
 
+import logging
+
 from .backend import JobFailed
 from .config.settings import Settings
 from .core import Core4
@@ -26,4 +28,6 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+# a library logs, the application decides where to (no "No handlers could be found" line on stderr)
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 install_from_env()  # opt-in command counting; clients are created lazily, so every one is counted

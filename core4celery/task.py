@@ -21,7 +21,7 @@ from celery.result import AsyncResult
 from .canvas import Plan, Tails, chunks_signature, map_signature
 from .clock import now
 from .config.numbers import check_seconds
-from .config.options import ENQUEUE_OPTIONS, JobOptions, check_author, option_hint
+from .config.options import ENQUEUE_OPTIONS, JobOptions, check_author, option_hint, refuse_meaningless
 from .errors import ConfigurationError, InvalidArguments, JobExists
 from .signals import JobDeferred, JobRetry
 from .store.document import TICKET_HEADER, Links
@@ -76,11 +76,13 @@ class Core4Task(Task):
         if cls.__dict__.get("abstract", False):
             return
         check_author(cls)
+        refuse_meaningless(cls)
         try:
             cls.core4_options = JobOptions.from_class(cls)
         except ValueError as exc:
             name = cls.__dict__.get("name") or cls.__qualname__
             raise type(exc)(f"task {name}: {exc}") from None
+        cls.time_limit = None  # the worker kills the run (see worker/node.py), not Celery's pool
 
     # -- Celery plumbing -------------------------------------------------
     @property

@@ -16,7 +16,7 @@ from .numbers import check_number, check_seconds
 
 ENQUEUE_OPTIONS = (
     "attempts", "priority", "max_parallel", "defer_time", "defer_max", "error_time",
-    "zombie_time", "wall_time", "progress_interval", "force",
+    "zombie_time", "wall_time", "progress_interval", "force", "time_limit",
 )
 
 
@@ -34,6 +34,7 @@ class JobOptions:
     wall_time: float | None = None
     progress_interval: float = 5
     force: bool = False
+    time_limit: float | None = None  # Celery's hard limit: a run still going after this is killed
 
     def __post_init__(self) -> None:
         check_number("attempts", self.attempts, InvalidOption, integer=True, above=0)
@@ -41,8 +42,9 @@ class JobOptions:
         check_number("priority", self.priority, InvalidOption, integer=True)
         for name in ("defer_time", "defer_max", "error_time", "zombie_time", "progress_interval"):
             check_seconds(name, getattr(self, name), InvalidOption)
-        if self.wall_time is not None:
-            check_seconds("wall_time", self.wall_time, InvalidOption)
+        for name in ("wall_time", "time_limit"):
+            if getattr(self, name) is not None:
+                check_seconds(name, getattr(self, name), InvalidOption)
         if not isinstance(self.force, bool):
             raise InvalidOption(f"force must be True or False, got {self.force!r}")
 
@@ -82,6 +84,26 @@ def celery_retry_options(task_cls: type) -> dict[str, Any]:
     if "error_time" not in own and own.get("default_retry_delay") is not None:
         mapped["error_time"] = own["default_retry_delay"]
     return mapped
+
+
+# Celery task options that mean nothing for a core4 job, refused at definition with the reason
+MEANINGLESS = {
+    "acks_late": "a ticket is always acknowledged after its run; the registry, not the broker, brings a job back",
+    "reject_on_worker_lost": "a job whose worker died is recovered by the registry (run again, no attempt used)",
+    "acks_on_failure_or_timeout": "a failed run is recorded in the registry; its ticket is always acknowledged",
+    "rate_limit": "core4 limits jobs by max_parallel (running at once), not by a per-worker rate",
+    "ignore_result": "a core4 job's result is kept with the job in the registry",
+    "store_errors_even_if_ignored": "a core4 job's error is always kept with the job in the registry",
+}
+
+
+def refuse_meaningless(task_cls: type) -> None:
+    """A Celery option set on a core4 task that would silently do nothing is an error, said with why."""
+    own = task_cls.__dict__
+    for name, reason in MEANINGLESS.items():
+        if own.get(name) is not None:
+            task = own.get("name") or task_cls.__qualname__
+            raise InvalidOption(f"task {task}: {name}={own[name]!r} has no meaning for a core4 job: {reason}")
 
 
 def option_hint(given: Iterable[str], known: Iterable[str]) -> str:

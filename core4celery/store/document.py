@@ -51,6 +51,7 @@ class JobDoc(TypedDict, total=False):
     error_time: float
     zombie_time: float
     wall_time: float | None
+    time_limit: float | None
     progress_interval: float
     force: bool
     trial: int
@@ -201,4 +202,5 @@ def lock_of(doc: JobDoc) -> dict[str, Any]:
 
 def options_of(doc: JobDoc) -> JobOptions:
     """The options a stored job was enqueued with."""
-    return JobOptions(**{key: doc[key] for key in JobOptions.__dataclass_fields__})  # type: ignore[literal-required]
+    fields = JobOptions.__dataclass_fields__
+    return JobOptions(**{key: doc[key] for key in fields if key in doc})  # type: ignore[literal-required]

@@ -61,7 +61,7 @@ CANDIDATE_FIELDS = {"name": 1, "state": 1, "max_parallel": 1, "inactive_at": 1, 
                     "force": 1, "priority": 1,
                     **dict.fromkeys(TICKET_FIELDS, 1)}
 RUN_FIELDS = {"name": 1, "state": 1, "locked": 1, "killed_at": 1, "started_at": 1, "runtime": 1, "queue": 1, "slot": 1,
-              "zombie_time": 1, "wall_time": 1, "zombie_at": 1, "wall_at": 1}
+              "zombie_time": 1, "wall_time": 1, "zombie_at": 1, "wall_at": 1, "time_limit": 1}
 FRONT_FIELDS = {"force": 1, "priority": 1, "front_at": 1}
 BLOCKED_FIELDS = {"name": 1, "after": 1, "feed": 1, "blocked_at": 1, "successors": 1, "force": 1, "priority": 1}
 OUTCOME_FIELDS = {"name": 1, "state": 1, "result": 1, "last_error": 1}

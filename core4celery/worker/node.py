@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 InProgress = Callable[[], dict[str, int | None]]
 
 
+def kill_process(pid: int) -> None:
+    """Without a pool to ask (tests of the node alone): the pool logs the process's death as an error."""
+    os.kill(pid, signal.SIGKILL)
+
+
 def celery_in_progress() -> dict[str, int | None]:
     """Requests this worker holds from receipt until their result is in (main process only)."""
     from celery.worker import state
@@ -52,14 +57,25 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def over_time_limit(doc: JobDoc, stamp: datetime) -> bool:
+    """Celery's hard ``time_limit``: the run is killed, as ``kill`` would (core4's ``wall_time`` only flags)."""
+    limit = doc.get("time_limit")
+    started = doc.get("started_at")
+    return bool(limit) and started is not None and (stamp - started).total_seconds() > float(limit or 0)
+
+
 class Node:
     def __init__(self, store: JobStore, worker_id: str, run_lease: float,
-                 in_progress: InProgress = celery_in_progress, request_dispatch: Callable[[], object] = lambda: 0) -> None:
+                 in_progress: InProgress = celery_in_progress, request_dispatch: Callable[[], object] = lambda: 0,
+                 terminate: Callable[[int], object] = kill_process) -> None:
+        """``terminate``: ends a pool process as the pool's own controlled termination, so a requested kill
+        is not reported as a lost worker (an ERROR line and a WorkerLostError traceback)."""
         self._store = store
         self.worker_id = worker_id
         self._run_lease = run_lease
         self._in_progress = in_progress
         self._request_dispatch = request_dispatch
+        self._terminate = terminate
 
     def tend(self, active: list[ObjectId]) -> None:
         """Kill what was asked to die, recover what died, flag and renew what really runs.
@@ -77,6 +93,8 @@ class Node:
                 self.kill(doc)
             elif not pid_alive(pid):
                 self._store.recover(doc, f"pool process {pid} of {self.worker_id} died")
+            elif str(doc["_id"]) in in_progress and over_time_limit(doc, stamp):
+                self.kill(doc, f"time_limit of {doc['time_limit']:g} s exceeded")
             elif str(doc["_id"]) in in_progress:
                 self._flag(doc, stamp)
                 renew.append(doc["_id"])
@@ -90,14 +108,15 @@ class Node:
             if self._store.flag(doc, flag, stamp):
                 log.warning("job %s (%s) flagged %s", doc["_id"], doc["name"], flag.removesuffix("_at"))
 
-    def kill(self, doc: JobDoc) -> None:
+    def kill(self, doc: JobDoc, reason: str = "killed on request") -> None:
         """Record the kill first, then SIGKILL the pool process only if it still runs this job."""
         pid = lock_of(doc).get("pid")
-        if not self._store.kill(doc, "killed on request"):
+        if not self._store.kill(doc, reason):
             return
         runs = self._in_progress().get(str(doc["_id"]), 0)
         if not pid or pid == os.getpid():
             log.warning("job %s runs in the worker process itself (solo pool); it is not interrupted", doc["_id"])
         elif runs == pid and pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            self._terminate(pid)
+            log.info("job %s (%s) %s: its pool process %d was ended", doc["_id"], doc["name"], reason, pid)
         self._request_dispatch()

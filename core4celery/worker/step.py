@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
@@ -24,7 +25,7 @@ from ..errors import RegistryUnavailable
 from ..metrics import code_path
 from ..transport import sleep_when_idle
 from .housekeeping import Housekeeping
-from .node import Node
+from .node import Node, kill_process
 
 if TYPE_CHECKING:
     from ..core import Core4
@@ -85,6 +86,18 @@ class Ticker(threading.Thread):
             os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown waits for running jobs
 
 
+def pool_terminate(worker: Any) -> Callable[[int], object]:
+    """The pool's controlled termination (what ``revoke(terminate=True)`` uses): the pool reports the
+    job as terminated (revoked) instead of logging a lost worker with a traceback."""
+    def terminate(pid: int) -> None:
+        pool = getattr(worker, "pool", None)
+        if pool is not None and hasattr(pool, "terminate_job"):
+            pool.terminate_job(pid, signal.SIGKILL)
+        else:
+            kill_process(pid)
+    return terminate
+
+
 class Core4WorkerStep(bootsteps.StartStopStep):
     """Installed by ``Core4(app)``; runs in every ``celery worker``."""
 
@@ -108,7 +121,7 @@ class Core4WorkerStep(bootsteps.StartStopStep):
             "queues": lambda: list(app.amqp.queues.consume_from), "started_at": now(),
         }
         node = Node(self.core4.store, self.worker_id, self.core4.settings.run_lease,
-                    request_dispatch=self.core4.dispatch)
+                    request_dispatch=self.core4.dispatch, terminate=pool_terminate(worker))
         self.ticker = Ticker(self.core4, node, identity)
         self.ticker.beat()
         self.ticker.start()

@@ -53,6 +53,11 @@ def define_results(app: Celery) -> None:
         time.sleep(seconds)
         return "done"
 
+    @app.task(base=Core4Task, bind=True, shared=False, name="r.too_long", author="test", time_limit=1)
+    def too_long(self: Core4Task, seconds: float) -> str:
+        time.sleep(seconds)
+        return "finished"
+
     @app.task(shared=False, name="r.plain")
     def plain(n: int) -> int:
         return n + 1

@@ -32,7 +32,7 @@ def idle_passes(cluster: Cluster, beats: int = 3) -> None:
 
 
 def test_kill_running_job_ends_its_process(cluster: Cluster) -> None:
-    cluster.worker(concurrency=1)
+    worker = cluster.worker(concurrency=1)
     core4 = cluster.core4
     job_id = core4.enqueue("t.silent", seconds=120)
     running = cluster.wait_state(job_id, "running")
@@ -50,6 +50,10 @@ def test_kill_running_job_ends_its_process(cluster: Cluster) -> None:
         core4.kill(job_id)
     # the pool replaced its process and takes the next job
     assert core4.AsyncResult(core4.enqueue("t.square", n=4)).get(timeout=60) == 16
+    # an expected kill reads as one: an INFO line, no lost-worker error, no traceback
+    log = worker.output()
+    assert f"killed on request: its pool process {pid} was ended" in log
+    assert "WorkerLostError" not in log and "exited with" not in log and "Traceback" not in log, log
 
 
 def test_kill_waiting_jobs_at_once(cluster: Cluster) -> None:

@@ -147,3 +147,16 @@ def test_a_message_from_a_plain_celery_client_is_adopted_as_a_job(results: Resul
                           "--args", "[8]"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     called = out.stdout.strip()
     assert app.AsyncResult(called).get(timeout=60) == 64, out.stdout + out.stderr
+
+
+def test_time_limit_kills_the_run_like_kill(results: Results) -> None:
+    app, core4, worker = results
+    sent = app.tasks["r.too_long"].delay(60)
+    with pytest.raises(Exception, match="time_limit of 1 s exceeded"):
+        sent.get(timeout=30)
+    doc = core4.get(sent.id)
+    assert doc["state"] == "killed" and doc["trial"] == 1 and doc["runtime"] < 10
+    log = worker.output()
+    assert "time_limit of 1 s exceeded: its pool process" in log
+    assert "WorkerLostError" not in log and "Traceback" not in log
+    assert app.tasks["r.too_long"].delay(0).get(timeout=30) == "finished"  # the pool took the next one

@@ -29,6 +29,11 @@ def make_app() -> Celery:
         ("priority", 1.5, "priority must be an int"),
         ("force", "yes", "force must be True or False"),
         ("wall_time", 0, "wall_time must be a number > 0"),
+        ("time_limit", -2, "time_limit must be a number > 0"),
+        ("acks_late", False, "acks_late=False has no meaning for a core4 job: a ticket is always acknowledged"),
+        ("rate_limit", "10/m", "rate_limit='10/m' has no meaning for a core4 job: core4 limits jobs by max_parallel"),
+        ("ignore_result", True, "ignore_result=True has no meaning .* result is kept with the job"),
+        ("reject_on_worker_lost", False, "reject_on_worker_lost=False has no meaning .* recovered by the registry"),
     ],
 )
 def test_invalid_options_fail_at_definition(option: str, value: object, message: str) -> None:
@@ -154,3 +159,15 @@ def test_eager_execution_is_refused_with_a_sentence_not_run_half_way() -> None:
     app.conf.task_always_eager = True
     with pytest.raises(InvalidArguments, match="eager execution"):
         task.delay(1)
+
+
+def test_time_limit_is_the_workers_to_enforce_not_the_pools() -> None:
+    app = make_app()
+
+    def body() -> None:
+        return None
+
+    task = app.task(base=Core4Task, shared=False, name="u.limited", author="t", time_limit=30, soft_time_limit=20)(body)
+    assert task.core4_options.time_limit == 30
+    assert task.time_limit is None  # Celery's pool would kill the process, and the registry would run it again
+    assert task.soft_time_limit == 20  # raised inside the run by Celery: a failure under core4's attempts
