@@ -25,6 +25,7 @@ from ..metrics import code_path
 from ..transport import sleep_when_idle
 from .housekeeping import Housekeeping
 from .node import Node
+from .scheduler import Scheduler, scheduled_tasks
 
 if TYPE_CHECKING:
     from ..core import Core4
@@ -40,6 +41,9 @@ class Ticker(threading.Thread):
         self.identity = identity  # worker_id, hostname, concurrency, queues (a callable), started_at
         self.housekeeping = Housekeeping(core4.store, core4.outage, core4.settings.run_lease)
         self.front = FrontKeeper(core4.store, identity["worker_id"])
+        self.scheduler = Scheduler(core4.schedules, identity["worker_id"], core4.settings.worker_timeout,
+                                   lambda: scheduled_tasks(core4.app.tasks), core4.enqueue,
+                                   paused=lambda: core4.control.paused() is not None)
         self.stopping = threading.Event()
         self.draining = threading.Event()
 
@@ -78,6 +82,9 @@ class Ticker(threading.Thread):
         self.core4.dependencies.sweep()
         if not draining:
             self.front.keep()
+            self.scheduler.beat()
+        else:
+            self.scheduler.resign()
         if not draining and self.core4.control.halt_requested(ident["started_at"]):
             log.warning("core4celery halt requested: finishing running jobs, then exiting")
             self.draining.set()
