@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .connection import Connection, Doc
 
@@ -45,10 +45,15 @@ class ScheduleStore:
         return bool(result.matched_count == 1)
 
     def resign(self, owner: str) -> bool:
-        """Give the lease up at once (a worker shutting down): the next worker's beat takes it."""
-        schedules = self._connection.schedules
-        result = self._run(lambda: schedules.update_one({"_id": LEASE, "by": owner}, {"$set": {"by": None}}),
-                           "resign the scheduler lease")
+        """Give the lease up at once (a worker shutting down): the next worker's beat takes it.
+
+        Best effort, without riding out an outage: a shutdown must not wait for the server,
+        and a lease that was not given up expires anyway.
+        """
+        try:
+            result = self._connection.schedules.update_one({"_id": LEASE, "by": owner}, {"$set": {"by": None}})
+        except PyMongoError:
+            return False
         return bool(result.matched_count == 1)
 
     def leader(self) -> Doc | None:

@@ -133,5 +133,6 @@ class Core4WorkerStep(bootsteps.StartStopStep):
             return
         ticker.stopping.set()
         ticker.join(timeout=5)
+        ticker.scheduler.resign()  # the next worker's heartbeat schedules, not one lease later
         self.core4.nodes.leave(self.worker_id)
         self.ticker = None
