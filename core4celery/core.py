@@ -45,6 +45,7 @@ from .store.jobs import JobStore
 from .store.nodes import Nodes
 from .store.outage import Outage
 from .store.queries import JobQueries
+from .store.schedules import ScheduleStore
 from .store.states import STOPPED, State
 from .store.values import MAX_BSON_SIZE, check_json
 from .transport import TRANSPORT, on_purge
@@ -168,6 +169,10 @@ class Core4:
     @cached_property
     def nodes(self) -> Nodes:
         return Nodes(self.connection, self.settings.worker_timeout)
+
+    @cached_property
+    def schedules(self) -> ScheduleStore:
+        return ScheduleStore(self.connection)
 
     @cached_property
     def control(self) -> Control:

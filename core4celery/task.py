@@ -20,6 +20,7 @@ from celery.result import AsyncResult
 
 from .canvas import Plan, Tails, chunks_signature, map_signature
 from .clock import now
+from .config.cron import Cron, schedule_of
 from .config.numbers import check_seconds
 from .config.options import ENQUEUE_OPTIONS, JobOptions, check_author, option_hint, refuse_meaningless
 from .errors import ConfigurationError, InvalidArguments, JobExists
@@ -70,6 +71,8 @@ class Core4Task(Task):
     progress_interval = JobOptions.progress_interval
     force = JobOptions.force
     core4_options: ClassVar[JobOptions] = JobOptions()
+    schedule: ClassVar[str | None] = None  # cron (UTC); never inherited, as in core4
+    core4_schedule: ClassVar[Cron | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -79,6 +82,8 @@ class Core4Task(Task):
         refuse_meaningless(cls)
         try:
             cls.core4_options = JobOptions.from_class(cls)
+            cls.core4_schedule = schedule_of(cls)
+            cls.schedule = cls.core4_schedule.expression if cls.core4_schedule else None
         except ValueError as exc:
             name = cls.__dict__.get("name") or cls.__qualname__
             raise type(exc)(f"task {name}: {exc}") from None

@@ -90,6 +90,10 @@ class Connection:
     def control(self) -> Collection[Doc]:
         return self.collection("control")
 
+    @property
+    def schedules(self) -> Collection[Doc]:
+        return self.collection("schedules")
+
     def ping(self) -> None:
         try:
             self.db.command("ping")

@@ -26,6 +26,7 @@ from ..metrics import code_path
 from ..transport import sleep_when_idle
 from .housekeeping import Housekeeping
 from .node import Node, kill_process
+from .scheduler import Scheduler, scheduled_tasks
 
 if TYPE_CHECKING:
     from ..core import Core4
@@ -41,6 +42,9 @@ class Ticker(threading.Thread):
         self.identity = identity  # worker_id, hostname, concurrency, queues (a callable), started_at
         self.housekeeping = Housekeeping(core4.store, core4.outage, core4.settings.run_lease)
         self.front = FrontKeeper(core4.store, identity["worker_id"])
+        self.scheduler = Scheduler(core4.schedules, identity["worker_id"], core4.settings.worker_timeout,
+                                   lambda: scheduled_tasks(core4.app.tasks), core4.enqueue,
+                                   paused=lambda: core4.control.paused() is not None)
         self.stopping = threading.Event()
         self.draining = threading.Event()
 
@@ -79,6 +83,9 @@ class Ticker(threading.Thread):
         self.core4.dependencies.sweep()
         if not draining:
             self.front.keep()
+            self.scheduler.beat()
+        else:
+            self.scheduler.resign()
         if not draining and self.core4.control.halt_requested(ident["started_at"]):
             log.warning("core4celery halt requested: finishing running jobs, then exiting")
             self.draining.set()
@@ -139,5 +146,6 @@ class Core4WorkerStep(bootsteps.StartStopStep):
             return
         ticker.stopping.set()
         ticker.join(timeout=5)
+        ticker.scheduler.resign()  # the next worker's heartbeat schedules, not one lease later
         self.core4.nodes.leave(self.worker_id)
         self.ticker = None
