@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from core4celery import Core4, Core4Task, InvalidArguments, InvalidOption
+from core4celery import ConfigurationError, Core4, Core4Task, InvalidArguments, InvalidOption
 from core4celery.config.options import JobOptions
 from core4celery.config.settings import Settings, mask_url
 from core4celery.store.values import args_hash, check_json
@@ -171,3 +171,14 @@ def test_time_limit_is_the_workers_to_enforce_not_the_pools() -> None:
     assert task.core4_options.time_limit == 30
     assert task.time_limit is None  # Celery's pool would kill the process, and the registry would run it again
     assert task.soft_time_limit == 20  # raised inside the run by Celery: a failure under core4's attempts
+
+
+def test_a_core4_task_without_core4_app_says_what_is_missing() -> None:
+    app = Celery("forgot", broker=URL)
+
+    @app.task(base=Core4Task, shared=False, name="u.forgot", author="t")
+    def forgot(n: int) -> int:
+        return n
+
+    with pytest.raises(ConfigurationError, match=r"call Core4\(app\) before defining tasks"):
+        forgot.delay(1)
