@@ -186,7 +186,7 @@ class Core4:
 
     @cached_property
     def backend(self) -> RegistryBackend:
-        return RegistryBackend(self.app, self.store)
+        return RegistryBackend(self.app)  # finds the store on first read: an eager run reaches the backend, never MongoDB
 
     def prepare(self) -> None:
         """Indexes and the broker's collections; idempotent, done once per process on first use."""
@@ -240,13 +240,17 @@ class Core4:
         return self._enqueue(task, kwargs, mid=mother_id)
 
     def _enqueue(self, task: Task | str, kwargs: dict[str, Any], mid: str | None) -> str:
+        found, arguments, options = self.enqueue_arguments(task, kwargs)
+        return self.submit(found, arguments, options=options, mid=mid)
+
+    def enqueue_arguments(self, task: Task | str, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """core4-style keywords split into (task, its named arguments, job options); eager runs use it too."""
         found = self.task(task)
         options = {key: kwargs.pop(key) for key in ENQUEUE_OPTIONS if key in kwargs}
         explicit = kwargs.pop("args", None) or {}
         if not isinstance(explicit, dict):
             raise InvalidArguments(f"args must be a dict, got {type(explicit).__name__}")
-        arguments = found.bind_arguments((), {**explicit, **kwargs})
-        return self.submit(found, arguments, options=options, mid=mid)
+        return found, found.bind_arguments((), {**explicit, **kwargs}), options
 
     def submit(
         self,
@@ -265,14 +269,8 @@ class Core4:
 
         ``celery_id``: the id of the plain Celery message this job adopts (its results are found by it).
         """
-        check_json(arguments, f"arguments of {task.name}")
-        overrides = dict(options or {})
-        if priority is not None:
-            overrides["priority"] = priority
-        job_options = task.core4_options.override(overrides)
-        doc = new_job(task.name, arguments, job_options, query_at=self._first_due(countdown, eta),
-                      mid=mid, queue=self._queue_of(task.name, queue))
-        check_ticket(doc)
+        doc = self.job_document(task, arguments, options=options, priority=priority, countdown=countdown, eta=eta,
+                                queue=queue, mid=mid)
         if celery_id is not None:
             cast(Doc, doc)["celery_id"] = celery_id
         if doc["query_at"] <= now():  # type: ignore[operator]
@@ -281,6 +279,21 @@ class Core4:
             with code_path("enqueue"):
                 self.store.enqueue(doc)
         return str(doc["_id"])
+
+    def job_document(self, task: Any, arguments: dict[str, Any], *, options: dict[str, Any] | None = None,
+                     priority: int | None = None, countdown: float | None = None, eta: datetime | None = None,
+                     queue: str | None = None, mid: str | None = None) -> JobDoc:
+        """Every check of an enqueue, without a write (nor a connection): an eager run is refused what
+        the registry would refuse."""
+        check_json(arguments, f"arguments of {task.name}")
+        overrides = dict(options or {})
+        if priority is not None:
+            overrides["priority"] = priority
+        job_options = task.core4_options.override(overrides)
+        doc = new_job(task.name, arguments, job_options, query_at=self._first_due(countdown, eta),
+                      mid=mid, queue=self._queue_of(task.name, queue))
+        check_ticket(doc)
+        return doc
 
     def _queue_of(self, name: str, queue: Any) -> str:
         """The queue the ticket goes to, fixed at enqueue (capacity is counted per queue)."""
