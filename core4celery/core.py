@@ -207,7 +207,7 @@ class Core4:
 
     @cached_property
     def backend(self) -> RegistryBackend:
-        return RegistryBackend(self.app, self.store)
+        return RegistryBackend(self.app)  # finds the store on first read: an eager run reaches the backend, never MongoDB
 
     def prepare(self) -> None:
         """Indexes and the broker's collections; idempotent, done once per process on first use."""
@@ -261,14 +261,18 @@ class Core4:
         return self._enqueue(task, kwargs, mid=mother_id)
 
     def _enqueue(self, task: Task | str, kwargs: dict[str, Any], mid: str | None) -> str:
+        dependency = kwargs.pop("dependency", None)
+        found, arguments, options = self.enqueue_arguments(task, kwargs)
+        return self.submit(found, arguments, options=options, mid=mid, dependency=dependency)
+
+    def enqueue_arguments(self, task: Task | str, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """core4-style keywords split into (task, its named arguments, job options); eager runs use it too."""
         found = self.task(task)
         options = {key: kwargs.pop(key) for key in ENQUEUE_OPTIONS if key in kwargs}
-        dependency = kwargs.pop("dependency", None)
         explicit = kwargs.pop("args", None) or {}
         if not isinstance(explicit, dict):
             raise InvalidArguments(f"args must be a dict, got {type(explicit).__name__}")
-        arguments = found.bind_arguments((), {**explicit, **kwargs})
-        return self.submit(found, arguments, options=options, mid=mid, dependency=dependency)
+        return found, found.bind_arguments((), {**explicit, **kwargs}), options
 
     def submit(
         self,
@@ -292,17 +296,18 @@ class Core4:
         awaited = self._awaited(dependency)
         if awaited:
             links = replace(links or Links(), after=awaited)
-        doc = self.build(task, arguments, options=options, priority=priority, countdown=countdown, eta=eta,
+        doc = self.job_document(task, arguments, options=options, priority=priority, countdown=countdown, eta=eta,
                          queue=queue, mid=mid, links=links)
         job_id = self.insert(doc)
         if awaited:
             self._wait_for(doc["_id"], awaited)
         return job_id
 
-    def build(self, task: Any, arguments: dict[str, Any], *, options: dict[str, Any] | None = None,
-              priority: int | None = None, countdown: float | None = None, eta: datetime | None = None,
-              queue: str | None = None, mid: str | None = None, links: Links | None = None) -> JobDoc:
-        """The job's document, every value checked; nothing is written."""
+    def job_document(self, task: Any, arguments: dict[str, Any], *, options: dict[str, Any] | None = None,
+                     priority: int | None = None, countdown: float | None = None, eta: datetime | None = None,
+                     queue: str | None = None, mid: str | None = None, links: Links | None = None) -> JobDoc:
+        """Every check of an enqueue, without a write (nor a connection): an eager run is refused what
+        the registry would refuse."""
         check_json(arguments, f"arguments of {task.name}")
         overrides = dict(options or {})
         if priority is not None:
@@ -360,7 +365,7 @@ class Core4:
             links = replace(step.links(scope, step.options.get("group_id") or group_id),
                             feed={"param": param, "list": step.fed == "list"} if param else None)
             call = {key: step.options.get(key) for key in ("priority", "countdown", "eta", "queue")}
-            docs.append(self.build(step.task, named, links=links, **call))
+            docs.append(self.job_document(step.task, named, links=links, **call))
         for doc in docs:
             self.insert(doc)
 

@@ -51,6 +51,10 @@ class JobExists(Core4Error):
         self.job_id = job_id
         super().__init__(f"job {name} with these arguments exists already (id {job_id})")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        """Rebuilt from its fields, so it survives the copy Celery makes of an eager run's exception."""
+        return type(self), (self.name, self.job_id)
+
 
 class JobNotFound(Core4Error, LookupError):
     """Neither the live registry nor the journal holds the id."""

@@ -30,6 +30,7 @@ from .worker.run import JobRun
 
 if TYPE_CHECKING:
     from .core import Core4
+    from .eager import EagerRun
     from .store.document import JobDoc
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ class Core4Task(Task):
         request = self.request
         if request.called_directly or not request.id:
             return super().__call__(*args, **kwargs)  # a plain local call
+        if request.is_eager:  # task.apply() or task_always_eager: an in-memory job (core4celery/eager.py)
+            from .eager import call_eagerly
+            return call_eagerly(self, request)
         core4 = self.core4
         if not ObjectId.is_valid(request.id):
             return self._adopt(request.id, args, kwargs)
@@ -147,8 +151,6 @@ class Core4Task(Task):
     def apply_async(
         self, args: Any = None, kwargs: Any = None, **options: Any
     ) -> AsyncResult:
-        if self.app.conf.task_always_eager:
-            raise self._no_eager()
         headers = options.get("headers") or {}
         canvas = {key: options.pop(key) for key in CANVAS_OPTIONS if options.get(key) is not None}
         unsupported = sorted(k for k, v in options.items()
@@ -164,6 +166,8 @@ class Core4Task(Task):
         if canvas.get("chain") or canvas.get("link"):
             return self._apply_chain(tuple(args or ()), dict(kwargs or {}), call, canvas)
         arguments = self.bind_arguments(tuple(args or ()), dict(kwargs or {}))
+        if self.app.conf.task_always_eager:  # checked above as a registry job would be
+            return self.apply(args, kwargs, **options)
         try:
             job_id = self.core4.submit(self, arguments, links=self._member_links(canvas),
                                        dependency=canvas.get("dependency"), **call)
@@ -213,12 +217,10 @@ class Core4Task(Task):
     def chunks(self, it: Any, n: int) -> Any:
         return chunks_signature(self, it, n)
 
-    def apply(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._no_eager()
-
-    def _no_eager(self) -> InvalidArguments:
-        return InvalidArguments(f"{self.name}: eager execution (task.apply(), task_always_eager) of core4 jobs is "
-                                "not supported yet; enqueue with delay() and run a worker")
+    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Run the body here, on an in-memory job (no server): see :mod:`core4celery.eager`."""
+        from .eager import apply_eagerly
+        return apply_eagerly(self, args, kwargs, options)
 
     def bind_fed(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """A canvas step is fed the previous result as its first positional argument (as in Celery):
@@ -253,7 +255,7 @@ class Core4Task(Task):
 
     # -- the job-side API ------------------------------------------------
     @property
-    def _run(self) -> JobRun | None:
+    def _run(self) -> JobRun | EagerRun | None:
         return getattr(self.request, "core4_run", None)
 
     @property
@@ -298,6 +300,8 @@ class Core4Task(Task):
         ends in error with ``exc``. The number of trials is the task's ``attempts`` (``max_retries``
         + 1 when the task sets ``max_retries``); a job keeps its arguments."""
         if self._run is None:
+            if self.request.called_directly:  # task(...) called as a function (a unit test): Celery's own behaviour
+                return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
             raise InvalidArguments(f"{self.name}: retry() needs a running job")
         if args is not None or kwargs is not None:
             raise InvalidArguments(f"{self.name}: retry() cannot change a core4 job's arguments")
@@ -315,12 +319,17 @@ class Core4Task(Task):
 
     def enqueue(self, task: Task | str, **kwargs: Any) -> str:
         """Enqueue a child job tagged with this job's id as its ``mid``."""
-        job_id = self.job_id
-        if job_id is None:
+        run = self._run
+        if run is None:
             raise InvalidArguments("enqueue() of a child needs a running job; use Core4.enqueue()")
-        return self.core4.enqueue_child(job_id, task, **kwargs)
+        if not isinstance(run, JobRun):
+            return run.enqueue(task, kwargs)  # an eager run's in-memory child
+        return self.core4.enqueue_child(run.job_id, task, **kwargs)
 
     def children(self) -> list[JobDoc]:
         """Live (not yet journaled) child jobs of this job."""
+        run = self._run
+        if run is not None and not isinstance(run, JobRun):
+            return run.children()
         job_id = self.job_id
         return list(self.core4.store.children(job_id)) if job_id else []

@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pymongo import MongoClient
 
-from core4celery.devserver import TestServer, database_url
+from core4celery.devserver import TestServer
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -22,11 +19,13 @@ def mongo_base() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def core4_server_url(mongo_base: str) -> str:
+    """The core4celery.testing fixtures (the pytest plugin of this package) use the suite's server."""
+    return mongo_base
+
+
 @pytest.fixture
-def db_url(mongo_base: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    url = database_url(mongo_base, name)
-    yield url
-    client: MongoClient[Any] = MongoClient(url)
-    client.drop_database(name)
-    client.close()
+def db_url(core4_database_url: str) -> str:
+    """A fresh database on the suite's server for each test, dropped afterwards (the plugin's fixture)."""
+    return core4_database_url

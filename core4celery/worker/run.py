@@ -48,6 +48,16 @@ def exception_fields(exc: BaseException) -> dict[str, Any]:
     return {"exc_type": type(exc).__qualname__, "exc_module": type(exc).__module__, "exc_args": args}
 
 
+def check_progress(value: Any, message: Any) -> None:
+    """What ``self.progress()`` accepts, worker or eager run alike."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InvalidArguments(f"progress value must be a number in [0, 1], got {value!r}")
+    if message is not None:
+        if not isinstance(message, str):
+            raise InvalidArguments(f"progress message must be a str, got {type(message).__name__}")
+        check_storable(message, "progress message")
+
+
 class JobRun:
     def __init__(self, store: JobStore, events: JobEvents, job_id: str, name: str, worker_id: str, hostname: str,
                  run_lease: float, after_end: Callable[[Holder, bool], object],
@@ -184,12 +194,7 @@ class JobRun:
 
     def progress(self, value: float, message: str | None, force: bool) -> bool:
         """Throttled by progress_interval; doubles as the job's heartbeat."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise InvalidArguments(f"progress value must be a number in [0, 1], got {value!r}")
-        if message is not None:
-            if not isinstance(message, str):
-                raise InvalidArguments(f"progress message must be a str, got {type(message).__name__}")
-            check_storable(message, "progress message")
+        check_progress(value, message)
         clock = time.monotonic()
         if not force and clock < self._next_progress:
             return False

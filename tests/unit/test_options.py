@@ -146,21 +146,6 @@ def test_celery_retry_settings_map_onto_attempts_and_error_time_only_when_the_ta
     with pytest.raises(InvalidOption, match=r"max_retries must be an int >= 0.*got None"):
         app.task(base=Core4Task, shared=False, name="u.forever", author="t", max_retries=None)(body)
 
-
-def test_eager_execution_is_refused_with_a_sentence_not_run_half_way() -> None:
-    app = make_app()
-
-    def body(n: int) -> int:
-        return n
-
-    task = app.task(base=Core4Task, shared=False, name="u.eager", author="t")(body)
-    with pytest.raises(InvalidArguments, match="eager execution"):
-        task.apply(args=(1,))
-    app.conf.task_always_eager = True
-    with pytest.raises(InvalidArguments, match="eager execution"):
-        task.delay(1)
-
-
 def test_time_limit_is_the_workers_to_enforce_not_the_pools() -> None:
     app = make_app()
 
