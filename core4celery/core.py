@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import replace
@@ -429,12 +430,15 @@ class Core4:
         """Workers started before now finish their running jobs and exit."""
         return self.control.halt()
 
-    def pause(self) -> bool:
-        """Stop dispatching cluster-wide; running jobs go on. False if already paused."""
-        return self.dispatcher.pause()
+    def pause(self, project: str | None = None) -> bool:
+        """Stop dispatching cluster-wide (or only the jobs named ``project.*``); running jobs go on.
+        False if already paused."""
+        if project is not None and (not isinstance(project, str) or not PROJECT.fullmatch(project)):
+            raise InvalidArguments(f"project must be a dotted name such as 'myproject', got {project!r}")
+        return self.dispatcher.pause(project)
 
-    def resume(self) -> bool:
-        return self.dispatcher.resume()
+    def resume(self, project: str | None = None) -> bool:
+        return self.dispatcher.resume(project)
 
     def workers(self) -> list[Doc]:
         """Workers whose heartbeat is recent, each with the ids of the jobs it runs."""
@@ -456,6 +460,7 @@ class Core4:
 
 
 STOPPED_STATES = {state.value for state in STOPPED}
+PROJECT = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")
 
 
 def _job_id(value: Any) -> ObjectId:

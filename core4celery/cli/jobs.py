@@ -35,7 +35,7 @@ def waiting_notes(core4: Core4, docs: list[JobDoc]) -> list[str]:
     notes: dict[str, list[str]] = {}
     for doc in docs:
         if doc["state"] in waiting and not doc.get("dispatched_until"):
-            reason = why_waiting(doc.get("queue") or core4.app.conf.task_default_queue, alive)
+            reason = why_waiting(doc, doc.get("queue") or core4.app.conf.task_default_queue, alive)
             if reason:
                 notes.setdefault(reason, []).append(str(doc["_id"]))
     return [f"{len(ids)} waiting: {reason} ({', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})"
@@ -46,6 +46,9 @@ def paused_note(core4: Core4) -> None:
     since = core4.control.paused()
     if since is not None:
         click.echo(f"dispatching is paused since {since:%Y-%m-%d %H:%M:%S} UTC (core4celery resume)")
+    for project, at in sorted(core4.control.paused_projects().items()):
+        click.echo(f"dispatching of {project}.* is paused since {at:%Y-%m-%d %H:%M:%S} UTC "
+                   f"(core4celery resume {project})")
 
 
 @main.command("list")
@@ -142,10 +145,14 @@ def workers(ctx: click.Context) -> None:
     if not alive:
         click.echo("no workers.")
         return
-    click.echo(f"{'worker':40} {'heartbeat':>9} {'slots':>5} {'state':8} running")
+    click.echo(f"{'worker':40} {'heartbeat':>9} {'slots':>5} {'state':8} {'cpu':>5} {'free MiB':>9} {'gate':6} running")
     for worker in alive:
         state = "draining" if worker.get("draining") else "working"
+        gate = worker.get("gate") or {}
+        cpu = f"{gate['cpu']:.0f}%" if "cpu" in gate else "-"
+        free = f"{gate['free_ram']:.0f}" if "free_ram" in gate else "-"
+        shown = "-" if not gate else ("open" if gate.get("open") else "closed")
         click.echo(
             f"{worker['_id'][:40]:40} {age(worker['heartbeat']):>9} {worker.get('slots', worker['concurrency']):5d} "
-            f"{state:8} {len(worker['running'])} {' '.join(worker['running'])}".rstrip()
+            f"{state:8} {cpu:>5} {free:>9} {shown:6} {len(worker['running'])} {' '.join(worker['running'])}".rstrip()
         )

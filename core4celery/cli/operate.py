@@ -86,14 +86,18 @@ def halt(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.argument("project", required=False)
 @click.pass_context
-def pause(ctx: click.Context) -> None:
-    """Stop dispatching cluster-wide; running jobs go on and workers stay up."""
-    click.echo("dispatching paused" if handle(ctx).pause() else "dispatching was paused already")
+def pause(ctx: click.Context, project: str | None) -> None:
+    """Stop dispatching cluster-wide, or only jobs named PROJECT.*; running jobs go on, workers stay up."""
+    what = f"dispatching of {project}.*" if project else "dispatching"
+    click.echo(f"{what} paused" if handle(ctx).pause(project) else f"{what} was paused already")
 
 
 @main.command()
+@click.argument("project", required=False)
 @click.pass_context
-def resume(ctx: click.Context) -> None:
-    """Resume dispatching after pause."""
-    click.echo("dispatching resumed" if handle(ctx).resume() else "dispatching was not paused")
+def resume(ctx: click.Context, project: str | None) -> None:
+    """Resume dispatching after pause (of PROJECT, when given)."""
+    what = f"dispatching of {project}.*" if project else "dispatching"
+    click.echo(f"{what} resumed" if handle(ctx).resume(project) else f"{what} was not paused")

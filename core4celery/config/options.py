@@ -16,7 +16,7 @@ from .numbers import check_number, check_seconds
 
 ENQUEUE_OPTIONS = (
     "attempts", "priority", "max_parallel", "defer_time", "defer_max", "error_time",
-    "zombie_time", "wall_time", "progress_interval", "force", "time_limit",
+    "zombie_time", "wall_time", "progress_interval", "force", "time_limit", "worker", "max_per_node",
 )
 
 
@@ -35,6 +35,8 @@ class JobOptions:
     progress_interval: float = 5
     force: bool = False
     time_limit: float | None = None  # Celery's hard limit: a run still going after this is killed
+    worker: tuple[str, ...] | None = None  # runs only on these workers (node names or fnmatch patterns)
+    max_per_node: int | None = None  # at most this many at once on one worker, beside max_parallel
 
     def __post_init__(self) -> None:
         check_number("attempts", self.attempts, InvalidOption, integer=True, above=0)
@@ -45,6 +47,9 @@ class JobOptions:
         for name in ("wall_time", "time_limit"):
             if getattr(self, name) is not None:
                 check_seconds(name, getattr(self, name), InvalidOption)
+        if self.max_per_node is not None:
+            check_number("max_per_node", self.max_per_node, InvalidOption, integer=True, above=0)
+        object.__setattr__(self, "worker", check_worker_pin(self.worker))
         if not isinstance(self.force, bool):
             raise InvalidOption(f"force must be True or False, got {self.force!r}")
 
@@ -69,6 +74,19 @@ class JobOptions:
 
     def as_document(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_worker_pin(value: object) -> tuple[str, ...] | None:
+    """``worker="w1@host"``, a list of names, or fnmatch patterns (``"*@gpu-*"``): each a non-empty node name."""
+    if value is None:
+        return None
+    pins = [value] if isinstance(value, str) else value
+    if not isinstance(pins, (list, tuple)) or not pins:
+        raise InvalidOption(f"worker must be a worker name, a pattern or a non-empty list of them, got {value!r}")
+    for pin in pins:
+        if not isinstance(pin, str) or not pin.strip() or len(pin) > 255 or any(c.isspace() for c in pin):
+            raise InvalidOption(f"worker: {pin!r} is not a worker name or pattern (like 'w1@host' or '*@host')")
+    return tuple(pins)
 
 
 def celery_retry_options(task_cls: type) -> dict[str, Any]:

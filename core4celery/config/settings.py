@@ -82,6 +82,8 @@ class Settings:
     candidate_ttl: float = 1.0
     outage_timeout: float = 60.0
     idle_wait: float = 1.0
+    max_cpu: int = 99  # percent: a worker takes no new non-force job while its least-busy core's mean is above
+    min_free_ram: int = 32  # MiB: ... or while its mean free memory is below
 
     def __post_init__(self) -> None:
         if not self.mongodb_url.startswith(("mongodb://", "mongodb+srv://")):
@@ -102,6 +104,8 @@ class Settings:
                               zero=each.name in MAY_BE_ZERO)
         check_number("setting dispatch_scan", self.dispatch_scan, ConfigurationError, integer=True, minimum=1,
                      maximum=100_000)
+        check_number("setting max_cpu", self.max_cpu, ConfigurationError, integer=True, minimum=1, maximum=100)
+        check_number("setting min_free_ram", self.min_free_ram, ConfigurationError, integer=True, minimum=0)
         if self.heartbeat_interval * 2 > self.worker_timeout:
             raise ConfigurationError("worker_timeout must be at least twice heartbeat_interval")
         if self.heartbeat_interval * 2 > self.run_lease:

@@ -46,6 +46,22 @@ class Control:
         """False when dispatching was not paused."""
         return self._connection.control.delete_one({"_id": PAUSE}).deleted_count == 1
 
+    def pause_project(self, project: str) -> bool:
+        """Stop issuing tickets for the jobs under ``project``; False when it was paused already."""
+        try:
+            result = self._connection.control.update_one(
+                {"_id": f"{PAUSE}:{project}"}, {"$setOnInsert": {"at": now(), "project": project}}, upsert=True
+            )
+        except DuplicateKeyError:
+            return False
+        return result.upserted_id is not None
+
+    def resume_project(self, project: str) -> bool:
+        return self._connection.control.delete_one({"_id": f"{PAUSE}:{project}"}).deleted_count == 1
+
+    def paused_projects(self) -> dict[str, datetime]:
+        return {doc["project"]: doc["at"] for doc in self._connection.control.find({"project": {"$exists": True}})}
+
     def paused(self) -> datetime | None:
         doc = self._connection.control.find_one({"_id": PAUSE})
         return doc["at"] if doc else None

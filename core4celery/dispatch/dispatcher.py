@@ -40,6 +40,7 @@ from ..store.nodes import Nodes, slots_by_queue
 from ..store.slots import Holder, SlotState
 from ..store.states import State
 from .control import Control
+from .routing import Router, is_routed
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Dispatcher:
         self._scan_limit = settings.dispatch_scan
         self._full_until = 0.0  # monotonic: enqueues until then skip the take (the cluster was full)
         self._spill: tuple[tuple[bool, int] | None, float] = (None, -SPILL_TTL)  # (spill rank, monotonic when read)
+        self._router = Router(nodes)
 
     # -- the three paths -------------------------------------------------------
     def offer(self, doc: JobDoc) -> bool:
@@ -79,7 +81,7 @@ class Dispatcher:
         (a burst into a full cluster); the next hand-over or tick picks them up.
         """
         with code_path("enqueue"):
-            if time.monotonic() < self._full_until:
+            if time.monotonic() < self._full_until or is_routed(doc):  # a routed job's worker is chosen at claim
                 self._store.enqueue(doc, self._admits(doc))
                 return False
             dispatched = self._store.enqueue_dispatched(doc, self._settings.ticket_lease, lambda: self._admits(doc))
@@ -178,6 +180,16 @@ class Dispatcher:
                 break
             if doc["_id"] in used or (handed is not None and doc["_id"] == handed.job_id):
                 continue
+            forced = not is_routed(doc) and bool(doc.get("force")) and not state.room(holder_of(doc), handed)
+            if is_routed(doc) or forced:
+                if window:
+                    break  # a routed job is claimed alone: its worker queue is its own
+                # force: past a closed resource gate (that worker's shared slots are withdrawn)
+                route = self._router.route(doc, state, handed, gated_only=forced)
+                if route is None:
+                    continue
+                window.append({**doc, "route": route})
+                break
             if not state.room(holder_of(doc), handed):
                 continue
             if self._due_inactive(doc, stamp):
@@ -260,14 +272,25 @@ class Dispatcher:
         """Idle worker slots per queue follow the alive workers (one came, went or died)."""
         return self._store.reconcile(slots_by_queue(self._nodes.alive()))
 
-    def pause(self) -> bool:
-        """Once this returns no slot is taken or handed over: every take checks the switch."""
+    def pause(self, project: str | None = None) -> bool:
+        """Once this returns no slot is taken or handed over: every take checks the switch.
+
+        ``project``: only the jobs whose names are under it (``project.``), as core4's project maintenance.
+        """
+        if project is not None:
+            paused = self._control.pause_project(project)
+            self._store.pause_project(project, True)
+            return paused
         paused = self._control.pause()
         self._store.pause(True)
         return paused
 
-    def resume(self) -> bool:
-        resumed = self._control.resume()
-        self._store.pause(False)
+    def resume(self, project: str | None = None) -> bool:
+        if project is not None:
+            resumed = self._control.resume_project(project)
+            self._store.pause_project(project, False)
+        else:
+            resumed = self._control.resume()
+            self._store.pause(False)
         self.tick()
         return resumed

@@ -52,6 +52,9 @@ class JobDoc(TypedDict, total=False):
     zombie_time: float
     wall_time: float | None
     time_limit: float | None
+    worker: list[str] | None  # pinned to these workers (names or patterns)
+    max_per_node: int | None
+    route: str  # the worker queue of the current claim (pinned or per-node capped jobs)
     progress_interval: float
     force: bool
     trial: int
@@ -114,7 +117,7 @@ def new_job(
 # what a ticket carries about its job (a message header), so a run needs no read of its document
 TICKET_HEADER = "core4"
 TICKET_FIELDS = ("trial", "attempts_left", "runtime", "defer_time", "error_time", "progress_interval", "queue",
-                 "max_parallel", "slot", "successors")
+                 "max_parallel", "slot", "successors", "route")
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,8 @@ class Run:
         return cls(job_id=job_id, name=name, token=token, rev=rev, started_at=started_at, trial=trial,
                    attempts_left=int(fields["attempts_left"]), runtime=float(fields.get("runtime") or 0.0),
                    defer_time=float(fields["defer_time"]), error_time=float(fields["error_time"]),
-                   progress_interval=float(fields["progress_interval"]), queue=str(fields.get("queue") or "celery"),
+                   progress_interval=float(fields["progress_interval"]),
+                   queue=str(fields.get("route") or fields.get("queue") or "celery"),
                    max_parallel=int(fields["max_parallel"]), slot=_object_id(fields.get("slot")),
                    args=fields.get("args"),
                    successors=tuple(ObjectId(str(job)) for job in fields.get("successors") or ()))

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE = "celery"  # documents always carry their queue; this is for ones written by hand
 SLOT_GRACE = 30.0  # seconds: a slot holder without a job document may still be being enqueued
 CANDIDATE_FIELDS = {"name": 1, "state": 1, "max_parallel": 1, "inactive_at": 1, "args": 1, "queue": 1, "mid": 1,
-                    "force": 1, "priority": 1,
+                    "force": 1, "priority": 1, "worker": 1, "max_per_node": 1,
                     **dict.fromkeys(TICKET_FIELDS, 1)}
 RUN_FIELDS = {"name": 1, "state": 1, "locked": 1, "killed_at": 1, "started_at": 1, "runtime": 1, "queue": 1, "slot": 1,
               "zombie_time": 1, "wall_time": 1, "zombie_at": 1, "wall_at": 1, "time_limit": 1}
@@ -315,8 +315,10 @@ class JobStore:
         token, rev = ObjectId(), ObjectId()
         ids = {"$in": [doc["_id"] for doc in docs]}
         guard = {"_id": ids, **DISPATCH.filter(), "query_at": {"$lte": stamp}, "removed_at": None, "killed_at": None}
-        update = {"$set": {"dispatched_until": lease, "query_at": None, "slot": token, "rev": rev},
-                  "$unset": {"front_at": ""}}
+        update: dict[str, Any] = {"$set": {"dispatched_until": lease, "query_at": None, "slot": token, "rev": rev},
+                                  "$unset": {"front_at": ""}}
+        if len(docs) == 1 and docs[0].get("route"):  # routed to one worker's queue (dispatch/routing.py)
+            update["$set"]["route"] = docs[0]["route"]
         jobs = self._connection.jobs
         marked = self._outage.call(lambda: jobs.update_one(guard, update), "claim a due job")
         # a retried update may have landed on its first attempt: the rev names the claimed job either way
@@ -339,6 +341,9 @@ class JobStore:
     def give_and_read(self, holder: Holder) -> SlotState | None:
         """``give`` returning the slots document after it (None: it held nothing)."""
         return self._slots.give_and_read(holder)
+
+    def pause_project(self, project: str, paused: bool) -> None:
+        self._slots.pause_project(project, paused)
 
     def pause(self, paused: bool) -> None:
         self._slots.pause(paused)
@@ -733,6 +738,10 @@ def _among(query: dict[str, Any], among: Collection[ObjectId] | None) -> dict[st
 
 
 def holder_of(doc: Mapping[str, Any], token: ObjectId | None = None) -> Holder:
-    """The job as a slot holder; ``token`` names a new claim (default: the claim its document records)."""
-    return Holder(job_id=doc["_id"], name=doc["name"], queue=doc.get("queue") or DEFAULT_QUEUE,
-                  limit=int(doc.get("max_parallel") or 1), token=token or doc.get("slot"))
+    """The job as a slot holder; ``token`` names a new claim (default: the claim its document records).
+
+    A job routed to one worker (``route``: pinned, capped per node) holds a slot of that worker's own queue.
+    """
+    return Holder(job_id=doc["_id"], name=doc["name"], queue=doc.get("route") or doc.get("queue") or DEFAULT_QUEUE,
+                  limit=int(doc.get("max_parallel") or 1), token=token or doc.get("slot"),
+                  node_limit=int(doc.get("max_per_node") or 0) if doc.get("route") else 0)

@@ -7,8 +7,9 @@ queues it consumes, so a job for a queue nobody consumes takes no slot.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from ..clock import later, now
 from .connection import Connection, Doc
@@ -20,12 +21,13 @@ class Nodes:
         self._timeout = worker_timeout
 
     def beat(self, worker_id: str, hostname: str, concurrency: int, queues: Iterable[str],
-             started_at: datetime, draining: bool) -> None:
+             started_at: datetime, draining: bool, extra: Mapping[str, Any] | None = None) -> None:
+        """``extra``: the worker's own queue, the shared queues it serves, its resource gate."""
         workers = self._connection.workers
         fields = {
             "hostname": hostname, "pid": os.getpid(), "heartbeat": now(),
             "concurrency": 0 if draining else concurrency, "slots": concurrency, "queues": sorted(queues),
-            "draining": draining, "started_at": started_at,
+            "draining": draining, "started_at": started_at, **(extra or {}),
         }
         self._connection.outage.run(
             lambda: workers.update_one({"_id": worker_id}, {"$set": fields}, upsert=True), "worker heartbeat"

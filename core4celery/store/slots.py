@@ -50,6 +50,12 @@ def rank_of_key(key: str) -> tuple[bool, int]:
     return bool(int(force)), int(priority)
 
 
+def projects_of(name: str) -> list[str]:
+    """Every project a job name is under: ``a.b.job`` is under ``a`` and ``a.b`` (core4's project maintenance)."""
+    parts = name.split(".")
+    return [".".join(parts[:end]) for end in range(1, len(parts))]
+
+
 def name_of(key: str) -> str:
     return key.replace("\u2024", ".").replace("\uff04", "$")
 
@@ -68,6 +74,7 @@ class Holder:
     queue: str
     limit: int = 0  # its max_parallel (needed to take or receive a slot)
     token: ObjectId | None = None
+    node_limit: int = 0  # its max_per_node (0: none); its queue is then one worker's own queue
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class SlotState:
     version: int
     ranks: dict[str, int]  # generation per rank of newly due jobs ("any": an old job due again)
     spill: tuple[bool, int] | None = None  # new jobs of this rank or lower wait outside the front (see front.py)
+    projects: tuple[str, ...] = ()  # paused projects: no job whose name is under one of them takes a slot
 
     def outranks(self, since: Mapping[str, int], rank: tuple[bool, int]) -> bool:
         """Did a job ranking above ``rank`` (or any old job) become due since ``since`` was read?"""
@@ -93,13 +101,21 @@ class SlotState:
 
     def room(self, holder: Holder, handed: Holder | None = None) -> bool:
         """Could ``holder`` get its slots now (``handed``: slots a finishing job would give it)?"""
-        if self.paused:
+        if self.paused or set(projects_of(holder.name)) & set(self.projects):
             return False
         queue_ok = (handed is not None and handed.queue == holder.queue) or self.free.get(holder.queue, 0) > 0
         name_ok = (handed is not None and handed.name == holder.name) or (
             len(self.holders.get(holder.name, [])) < holder.limit
         )
-        return queue_ok and name_ok
+        return queue_ok and name_ok and self.node_room(holder, handed)
+
+    def node_room(self, holder: Holder, handed: Holder | None = None) -> bool:
+        if not holder.node_limit:
+            return True
+        passing = handed.job_id if handed is not None else None
+        on_node = sum(1 for entry in self.holders.get(holder.name, [])
+                      if entry["q"] == holder.queue and entry["id"] != passing)
+        return on_node < holder.node_limit
 
     def held_by_queue(self) -> dict[str, int]:
         held: dict[str, int] = {}
@@ -151,13 +167,14 @@ class Slots:
             paused=bool(doc.get("paused")), generation=int(doc.get("generation") or 0), version=int(doc.get("v") or 0),
             ranks={k: int(v) for k, v in (doc.get("ranks") or {}).items()},
             spill=rank_of_key(doc["spill"]) if doc.get("spill") else None,
+            projects=tuple(doc.get("projects") or ()),
         )
 
     @staticmethod
     def _room_guard(holder: Holder) -> dict[str, Any]:
         name = field_key(holder.name)
         return {f"holders.{name}.{holder.limit - 1}": {"$exists": False}, f"holders.{name}.id": {"$ne": holder.job_id},
-                "paused": {"$ne": True}}
+                "paused": {"$ne": True}, "projects": {"$nin": projects_of(holder.name)}}
 
     @staticmethod
     def _entry(holder: Holder) -> Doc:
@@ -167,10 +184,22 @@ class Slots:
     def _holds(holder: Holder) -> Doc:
         return {"$elemMatch": {"id": holder.job_id, "t": holder.token}}
 
+    @staticmethod
+    def _node_guard(holder: Holder, passing: Holder | None = None) -> dict[str, Any]:
+        """Fewer than ``node_limit`` holders of the name on the holder's worker queue (``passing``: one
+        that leaves in the same update does not count)."""
+        if not holder.node_limit:
+            return {}
+        on_queue: dict[str, Any] = {"$eq": ["$$this.q", holder.queue]}
+        if passing is not None:
+            on_queue = {"$and": [on_queue, {"$ne": ["$$this.id", passing.job_id]}]}
+        held = {"$ifNull": [f"$holders.{field_key(holder.name)}", []]}
+        return {"$expr": {"$lt": [{"$size": {"$filter": {"input": held, "cond": on_queue}}}, holder.node_limit]}}
+
     def take(self, holder: Holder) -> bool:
         """An idle slot of its queue and a slot of its name, both or neither."""
         queue = field_key(holder.queue)
-        guard = {**self._room_guard(holder), f"free.{queue}": {"$gt": 0}}
+        guard = {**self._room_guard(holder), **self._node_guard(holder), f"free.{queue}": {"$gt": 0}}
         update = {"$inc": {f"free.{queue}": -1, "v": 1}, "$push": {f"holders.{field_key(holder.name)}": self._entry(holder)}}
         return self._update(guard, update, f"take a slot for {holder.job_id}")
 
@@ -201,7 +230,8 @@ class Slots:
     def transfer(self, old: Holder, new: Holder) -> bool:
         """``old``'s slots go straight to ``new``: one command, no idle moment, no other taker in between."""
         old_name, new_name = field_key(old.name), field_key(new.name)
-        guard: dict[str, Any] = {f"holders.{old_name}": self._holds(old), "paused": {"$ne": True}}
+        guard: dict[str, Any] = {f"holders.{old_name}": self._holds(old), "paused": {"$ne": True},
+                                 "projects": {"$nin": projects_of(new.name)}, **self._node_guard(new, old)}
         update: dict[str, Any] = {}
         if old.queue != new.queue:
             guard[f"free.{field_key(new.queue)}"] = {"$gt": 0}
@@ -248,6 +278,10 @@ class Slots:
         guard = {"$or": [{"keeper.by": owner}, {"keeper.until": {"$lt": stamp}}, {"keeper": None}]}
         until = stamp + timedelta(seconds=seconds)
         return self._update(guard, {"$set": {"keeper": {"by": owner, "until": until}}}, "lead the front")
+
+    def pause_project(self, project: str, paused: bool) -> None:
+        update = {"$addToSet" if paused else "$pull": {"projects": project}, "$inc": {"generation": 1, "ranks.any": 1}}
+        self._update({}, update, f"{'pause' if paused else 'resume'} project {project}")
 
     def pause(self, paused: bool) -> None:
         self._update({}, {"$set": {"paused": paused}, "$inc": {"generation": 1, "ranks.any": 1}},

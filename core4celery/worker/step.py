@@ -17,15 +17,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
+from kombu import Exchange, Queue
 from pymongo.errors import ConnectionFailure
 
 from ..clock import now
 from ..dispatch.front import FrontKeeper
+from ..dispatch.routing import personal_queue
 from ..errors import RegistryUnavailable
 from ..metrics import code_path
 from ..transport import sleep_when_idle
 from .housekeeping import Housekeeping
 from .node import Node, kill_process
+from .resources import GateKeeper, ResourceGate
 from .scheduler import Scheduler, scheduled_tasks
 
 if TYPE_CHECKING:
@@ -73,8 +76,12 @@ class Ticker(threading.Thread):
     def _beat(self) -> None:
         ident = self.identity
         draining = self.draining.is_set()
+        gate = ident["gate"]
+        gate.beat()
         self.core4.nodes.beat(ident["worker_id"], ident["hostname"], ident["concurrency"], ident["queues"](),
-                              ident["started_at"], draining)
+                              ident["started_at"], draining,
+                              extra={"personal": ident["personal"], "serves": ident["serves"],
+                                     "gate": gate.gate.report()})
         active = self.core4.store.active_ids()
         self.node.tend(active)
         self.housekeeping.round(active)
@@ -118,14 +125,32 @@ class Core4WorkerStep(bootsteps.StartStopStep):
         if worker.task_events:
             self.core4.events.enable(worker.hostname)
         self.core4.prepare()  # indexes and broker collections before the consumer connects
+        self.personal, self.gate = self._queues(worker)
         sleep_when_idle(self.core4.settings.idle_wait)  # this process's consumer waits for wake-ups when idle
         self.ticker: Ticker | None = None
+
+    def _queues(self, worker: Any) -> tuple[str, GateKeeper]:
+        """This worker's own queue (pinned, per-node capped and forced jobs), consumed whatever its gate
+        says; its shared queues only while the resource gate is open (see worker/resources.py)."""
+        queues = worker.app.amqp.queues
+        shared = sorted(queues.consume_from)
+        personal = personal_queue(worker.hostname)
+        queues.select_add(Queue(personal, Exchange(personal), routing_key=personal))
+        settings = self.core4.settings
+        gate = GateKeeper(ResourceGate(settings.max_cpu, settings.min_free_ram), worker.app, worker.hostname,
+                          shared, log.info)
+        closed = gate.closed_at_start()
+        if closed:
+            queues.deselect(closed)
+            gate.beat()  # logs core4's line
+        return personal, gate
 
     def start(self, worker: Any) -> None:
         app = worker.app
         identity = {
             "worker_id": self.worker_id, "hostname": worker.hostname, "concurrency": int(worker.concurrency or 1),
             "queues": lambda: list(app.amqp.queues.consume_from), "started_at": now(),
+            "personal": self.personal, "serves": self.gate.shared, "gate": self.gate,
         }
         node = Node(self.core4.store, self.worker_id, self.core4.settings.run_lease,
                     request_dispatch=self.core4.dispatch, terminate=pool_terminate(worker))

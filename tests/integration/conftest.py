@@ -19,12 +19,14 @@ class Cluster:
         self.trace = trace_collection(url)
 
     def worker(self, name: str = "w1", concurrency: int = 2, wait: bool = True,
-               extra: tuple[str, ...] = (), app_name: str | None = None) -> WorkerProcess:
+               extra: tuple[str, ...] = (), app_name: str | None = None,
+               env: dict[str, str] | None = None) -> WorkerProcess:
         """``app_name`` tags every MongoDB command of that worker, so a fail point can target it alone."""
         log_dir = ARTIFACTS / "workers"
         log_dir.mkdir(parents=True, exist_ok=True)
         url = f"{self.url}&appName={app_name}" if app_name else self.url
-        proc = WorkerProcess(url, f"{self.test_name}-{name}", concurrency, log_dir=log_dir, extra=extra).start()
+        proc = WorkerProcess(url, f"{self.test_name}-{name}", concurrency, log_dir=log_dir, extra=extra,
+                             env=env).start()
         self.workers.append(proc)
         if wait:
             self.wait_registered(proc)

@@ -16,7 +16,7 @@ from bson import ObjectId
 from core4celery.clock import later, now
 from core4celery.config.options import JobOptions
 from core4celery.store.document import new_job
-from core4celery.store.jobs import DEFAULT_QUEUE, SLOT_GRACE, Claim
+from core4celery.store.jobs import DEFAULT_QUEUE, SLOT_GRACE, Claim, holder_of
 from core4celery.store.slots import Holder, Slots, field_key
 
 from .conftest import CAPACITY, TICKET_LEASE, CommandHook, Registry, cut_short_completion
@@ -399,3 +399,30 @@ def test_housekeeping_returns_the_worker_slot_to_the_jobs_own_queue(reg: Registr
             assert reg.store.recover(expired, "lease expired")
     assert reg.holders("q2-job") == []
     assert reg.slots().free == {DEFAULT_QUEUE: CAPACITY, Q2: 1}
+
+
+def test_a_paused_project_takes_no_slot_and_other_projects_do(reg: Registry) -> None:
+    reg.store.pause_project("proj", True)
+    inside = reg.enqueue("proj.sub.job")
+    outside = reg.enqueue("project2.job")
+    assert reg.store.claim(inside, later(1), TICKET_LEASE) is Claim.FULL  # the take's guard names the project
+    assert reg.store.claim(outside, later(1), TICKET_LEASE) is Claim.TICKET
+    assert not reg.slots().room(holder_of(reg.live(inside["_id"])))
+    reg.store.pause_project("proj", False)
+    assert reg.store.claim(reg.live(inside["_id"]), later(1), TICKET_LEASE) is Claim.TICKET
+
+
+def test_max_per_node_is_guarded_in_the_take_itself(reg: Registry) -> None:
+    reg.provide({DEFAULT_QUEUE: CAPACITY, "core4.w.a@h": 4, "core4.w.b@h": 4})
+    docs = [reg.enqueue("capped", max_parallel=8) for _ in range(3)]
+    first = holder_of({**docs[0], "max_per_node": 1, "route": "core4.w.a@h"}, ObjectId())
+    second = holder_of({**docs[1], "max_per_node": 1, "route": "core4.w.a@h"}, ObjectId())
+    other = holder_of({**docs[2], "max_per_node": 1, "route": "core4.w.b@h"}, ObjectId())
+    slots = Slots(reg.connection)
+    assert slots.take(first)
+    assert not reg.slots().node_room(second) and not slots.take(second)  # a second one on worker a: refused
+    assert slots.take(other)  # worker b has room
+    assert slots.transfer(first, second)  # the one leaving worker a makes room for the next there
+    assert set(reg.holders("capped")) == {docs[1]["_id"], docs[2]["_id"]}
+    slots.give(second)
+    slots.give(other)
