@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -21,7 +22,13 @@ helper_log = logging.getLogger("jdhelper")  # a logger that is not the job's own
 
 def build(url: str) -> tuple[Celery, Core4]:
     app, core4 = fast_app("jobdata", url)
-    trace = per_process_trace(url)
+    define_talkers(app)
+    define_stateful(app, per_process_trace(url))
+    return app, core4
+
+
+def define_talkers(app: Celery) -> None:
+    """Jobs that log and print."""
 
     @app.task(base=Core4Task, bind=True, shared=False, name="jd.chatty", author="test")
     def chatty(self: Core4Task, records: int = 0) -> str:
@@ -48,6 +55,24 @@ def build(url: str) -> tuple[Celery, Core4]:
             self.logger.exception("caught once")
         raise RuntimeError("boom")
 
+    @app.task(base=Core4Task, bind=True, shared=False, name="jd.flaky", author="test", attempts=3, error_time=0.1,
+              defer_time=0.1)
+    def flaky(self: Core4Task) -> int:
+        """Fails its first run, defers its second, completes its third: one trail per run."""
+        self.logger.debug("debug of trial %d", self.trial)
+        self.logger.info("info of trial %d", self.trial)
+        print(f"output of trial {self.trial}")
+        if self.trial == 1:
+            raise ValueError("first run fails")
+        if self.trial == 2:
+            self.defer("second run defers")
+        return self.trial
+
+
+
+def define_stateful(app: Celery, trace: Callable[[], Any]) -> None:
+    """Jobs that keep a cookie or wait for the test."""
+
     @app.task(base=Core4Task, bind=True, shared=False, name="jd.counter", author="test")
     def counter(self: Core4Task, n: int) -> dict[str, Any]:
         seen = self.cookie.get("last_runtime")
@@ -66,8 +91,6 @@ def build(url: str) -> tuple[Celery, Core4]:
             time.sleep(0.2)
         self.logger.info("slow job done")
         return tag
-
-    return app, core4
 
 
 if os.environ.get("CORE4CELERY_MONGODB_URL"):

@@ -105,6 +105,20 @@ def test_a_failed_run_keeps_its_debug_trail_and_traceback(data: JobData) -> None
     assert stdout is not None and stdout["text"] == "partial output\n"
 
 
+def test_each_run_has_its_own_records_and_output(data: JobData) -> None:
+    data.worker()
+    job_id = data.core4.enqueue("jd.flaky")
+    doc = data.wait_ended(job_id)
+    assert doc["state"] == "complete" and doc["trial"] == 3
+    by_run = [(r["trial"], r["message"]) for r in data.records(job_id)]
+    assert by_run == [(1, "debug of trial 1"), (1, "info of trial 1"),  # a failed run keeps its debug trail
+                      (2, "info of trial 2"), (3, "info of trial 3")]  # a deferred or completed one does not
+    code, out, _ = data.cli("log", job_id, "--run", "2")
+    assert code == 0 and [line.split(": ", 1)[1] for line in out.splitlines()] == ["info of trial 2"]
+    assert data.cli("stdout", job_id)[1] == "output of trial 3\n"  # the latest run
+    assert data.cli("stdout", job_id, "--run", "1")[1] == "output of trial 1\n"
+
+
 def test_the_cap_from_the_environment_stores_one_dropped_record(data: JobData) -> None:
     data.worker()
     job_id = data.core4.enqueue("jd.chatty", records=50)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -17,7 +19,8 @@ from core4celery.store.connection import Connection
 from core4celery.store.cookies import CookieStore
 from core4celery.store.logs import LogStore, RunLog
 from core4celery.store.stdout import StdoutStore, tail
-from core4celery.worker.stdout import Tail
+from core4celery.worker.jobdata import JobData
+from core4celery.worker.stdout import StreamCapture, Tail
 from tests.store.conftest import race
 
 
@@ -235,3 +238,52 @@ def test_last_runtime_is_the_completion_time(connection: Connection) -> None:
     stamp = now().replace(microsecond=0)
     store.completed("proj.job", stamp)
     assert store.cookie("proj.job").get("last_runtime") == stamp
+
+
+# -- a run's capture in this process (what a pool process does around a job's body) ----------
+def test_capture_restores_streams_and_loggers_when_the_body_raises(connection: Connection, settings: Settings) -> None:
+    data = JobData(settings, LogStore(connection), StdoutStore(connection), CookieStore(connection))
+    job_logger = logging.getLogger("capture.job")
+    job_logger.setLevel(logging.WARNING)
+    streams = (sys.stdout, sys.stderr)
+    oid = ObjectId()
+    with pytest.raises(RuntimeError, match="body failed"), data.capture(oid, 1, "host-a", ["capture.job"]) as capture:
+        assert sys.stdout is not streams[0]
+        job_logger.debug("debug while running")  # passes although the logger is at WARNING
+        job_logger.warning("warning while running")
+        logging.getLogger("core4celery.something").warning("not the job's")
+        print("printed")
+        capture.failed = True
+        raise RuntimeError("body failed")
+    assert (sys.stdout, sys.stderr) == streams
+    assert job_logger.level == logging.WARNING and not job_logger.filters
+    assert all(type(handler).__name__ != "_Handler" for handler in logging.getLogger().handlers)
+    assert [doc["message"] for doc in data.logs.read(oid)] == ["debug while running", "warning while running"]
+    stored = data.stdout.read(oid)
+    assert stored is not None and stored["text"] == "printed\n"
+    job_logger.warning("after the run")  # no capture: nothing stored
+    assert len(data.logs.read(oid)) == 2
+
+
+def test_runs_in_two_threads_keep_their_own_output_and_the_streams_come_back() -> None:
+    """A thread pool runs two jobs in one process: each run's prints are its own, whichever ends first."""
+    streams = (sys.stdout, sys.stderr)
+    step = threading.Barrier(2)
+    kept: dict[str, str] = {}
+
+    def run(tag: str, ends_first: bool) -> None:
+        capture = StreamCapture(1000).start()
+        step.wait(10)
+        print(f"from {tag}")
+        step.wait(10)
+        if ends_first:
+            capture.stop()
+        step.wait(10)
+        if not ends_first:
+            print(f"{tag} after the other ended", file=sys.stderr)
+            capture.stop()
+        kept[tag] = capture.tail.text()
+
+    race(lambda: run("a", True), lambda: run("b", False))
+    assert kept == {"a": "from a\n", "b": "from b\nb after the other ended\n"}
+    assert (sys.stdout, sys.stderr) == streams
