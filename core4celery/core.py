@@ -40,17 +40,21 @@ from .inspection import mask_remote_inspection
 from .metrics import code_path
 from .operations import Operations, Outcome
 from .store.connection import Connection, Doc
+from .store.cookies import CookieStore
 from .store.document import TICKET_HEADER, JobDoc, Links, new_job
 from .store.groups import Groups
 from .store.jobs import JobStore
+from .store.logs import LogStore
 from .store.nodes import Nodes
 from .store.outage import Outage
 from .store.queries import JobQueries
 from .store.schedules import ScheduleStore
 from .store.states import STOPPED, State
+from .store.stdout import StdoutStore
 from .store.values import MAX_BSON_SIZE, check_json
 from .transport import TRANSPORT, on_purge
 from .wakeups import Wakeups, broker_database
+from .worker.jobdata import JobData
 
 APP_DEFAULTS = {
     "worker_prefetch_multiplier": 1,
@@ -197,6 +201,12 @@ class Core4:
     @cached_property
     def groups(self) -> Groups:
         return Groups(self.connection)
+
+    @cached_property
+    def job_data(self) -> JobData:
+        """Job logs, stdout and cookies (one store each)."""
+        connection = self.connection
+        return JobData(self.settings, LogStore(connection), StdoutStore(connection), CookieStore(connection))
 
     @cached_property
     def handovers(self) -> BackgroundHandover:

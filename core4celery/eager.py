@@ -32,8 +32,10 @@ from celery.exceptions import Retry
 from celery.result import EagerResult
 
 from .clock import now
+from .config.numbers import check_number
 from .errors import InvalidArguments, JobExists
 from .signals import JobDeferred, JobRetry
+from .store.cookies import check_key
 from .store.document import JobDoc
 from .store.states import State
 from .store.values import check_json
@@ -51,6 +53,52 @@ CALL_ONLY = ("countdown", "eta", "queue")
 _handed: dict[str, EagerRun] = {}
 
 
+class MemoryCookie:
+    """``self.cookie`` of an eager run: the registry cookie's API and checks, kept in a dict."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.values: dict[str, Any] = {}
+
+    def _key(self, key: Any) -> str:
+        return check_key(key, self.name)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(self._key(key), default)
+
+    def has_key(self, key: str) -> bool:
+        return self._key(key) in self.values
+
+    __contains__ = has_key
+
+    def set(self, *pair: Any, **values: Any) -> None:
+        if pair and len(pair) != 2:
+            raise InvalidArguments(f"cookie of {self.name}: set() takes a key and a value, or key=value pairs")
+        items = {pair[0]: pair[1], **values} if pair else values
+        for key, value in items.items():
+            check_json(value, f"cookie of {self.name}: value of {self._key(key)!r}")
+        self.values.update(items)
+
+    def inc(self, key: str, by: float = 1) -> Any:
+        check_number(f"cookie of {self.name}: inc() of {key!r} with", by, InvalidArguments)
+        self.values[self._key(key)] = self.values.get(key, 0) + by
+        return self.values[key]
+
+    def dec(self, key: str, by: float = 1) -> Any:
+        return self.inc(key, -by)
+
+    def max(self, key: str, value: Any) -> Any:
+        self.values[self._key(key)] = max(self.values.get(key, value), value)
+        return self.values[key]
+
+    def min(self, key: str, value: Any) -> Any:
+        self.values[self._key(key)] = min(self.values.get(key, value), value)
+        return self.values[key]
+
+    def delete(self, key: str) -> bool:
+        return self.values.pop(self._key(key), None) is not None
+
+
 class EagerRun:
     """The in-memory job of one eager run: what the job-side API of ``Core4Task`` works on.
 
@@ -65,6 +113,7 @@ class EagerRun:
         self.doc = doc
         self.reports: list[tuple[float, str | None]] = []
         self.enqueued: list[JobDoc] = []
+        self.cookie = MemoryCookie(task.name)  # one per eager run: nothing persists between eager tests
 
     @property
     def job_id(self) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from bson import ObjectId
 from celery import Task
 from celery.result import AsyncResult
+from celery.utils.log import get_task_logger
 
 from .canvas import Plan, Tails, chunks_signature, map_signature
 from .clock import now
@@ -30,7 +31,8 @@ from .worker.run import JobRun
 
 if TYPE_CHECKING:
     from .core import Core4
-    from .eager import EagerRun
+    from .eager import EagerRun, MemoryCookie
+    from .store.cookies import Cookie
     from .store.document import JobDoc
 
 log = logging.getLogger(__name__)
@@ -121,7 +123,7 @@ class Core4Task(Task):
         hostname = request.hostname or ""
         run = JobRun(core4.store, core4.events, request.id, self.name, core4.worker_id(hostname), hostname,
                      core4.settings.run_lease, after_end=core4.handovers.submit,
-                     settle=core4.dependencies.settle)
+                     settle=core4.dependencies.settle, data=core4.job_data, loggers=(self.name, type(self).__module__))
         request.core4_run = run
         return run.execute(self.body, kwargs, getattr(request, TICKET_HEADER, None))
 
@@ -267,6 +269,25 @@ class Core4Task(Task):
     def trial(self) -> int:
         run = self._run
         return run.trial if run else 0
+
+    @property
+    def logger(self) -> logging.Logger:
+        """The job's logger (Celery's task logger of its name): its records are stored with the run."""
+        return get_task_logger(self.name)
+
+    @property
+    def cookie(self) -> Cookie | MemoryCookie:
+        """core4's ``sys.cookie``: small persistent values per job name (``get``, ``set``, ``inc``, ...).
+
+        ``last_runtime`` is set after each completed run that used the cookie (core4 sets it after
+        every one; a job that never reads it would pay a write per run for nothing).
+        """
+        run = self._run
+        if isinstance(run, JobRun):
+            run.uses_cookie = True
+        elif run is not None:
+            return run.cookie  # an eager run's, in memory
+        return self.core4.job_data.cookies.cookie(self.name)
 
     def progress(self, value: float, message: str | None = None, force: bool = False) -> bool:
         """Report progress (0..1); written at most once per progress_interval unless forced."""

@@ -89,7 +89,7 @@ def handle(ctx: click.Context) -> Core4:
 
 celery_command = main
 
-from . import jobs, operate, schedules, watch  # noqa: E402,F401  - register the commands
+from . import data, jobs, operate, schedules, watch  # noqa: E402,F401  - register the commands
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -27,6 +27,7 @@ CONF_PREFIX = "core4celery_"
 DEFAULT_DATABASE = "core4celery"
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAY_BE_ZERO = {"idle_wait"}  # 0 turns the idle wait off
 PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MASK = "****"
@@ -84,6 +85,9 @@ class Settings:
     idle_wait: float = 1.0
     max_cpu: int = 99  # percent: a worker takes no new non-force job while its least-busy core's mean is above
     min_free_ram: int = 32  # MiB: ... or while its mean free memory is below
+    log_max_records: int = 1000  # per run; a chatty job cannot fill the database
+    log_level: str = "INFO"  # stored as the run goes; below it, kept only for a failed run
+    stdout_max_bytes: int = 64 * 1024  # per run, the tail kept
 
     def __post_init__(self) -> None:
         if not self.mongodb_url.startswith(("mongodb://", "mongodb+srv://")):
@@ -106,10 +110,21 @@ class Settings:
                      maximum=100_000)
         check_number("setting max_cpu", self.max_cpu, ConfigurationError, integer=True, minimum=1, maximum=100)
         check_number("setting min_free_ram", self.min_free_ram, ConfigurationError, integer=True, minimum=0)
+        self._check_job_data()
         if self.heartbeat_interval * 2 > self.worker_timeout:
             raise ConfigurationError("worker_timeout must be at least twice heartbeat_interval")
         if self.heartbeat_interval * 2 > self.run_lease:
             raise ConfigurationError("run_lease must be at least twice heartbeat_interval")
+
+    def _check_job_data(self) -> None:
+        """Job logs and stdout are capped per run, so a chatty job cannot fill the database."""
+        check_number("setting log_max_records", self.log_max_records, ConfigurationError, integer=True, minimum=1,
+                     maximum=1_000_000)
+        check_number("setting stdout_max_bytes", self.stdout_max_bytes, ConfigurationError, integer=True, minimum=0,
+                     maximum=8 * 1024 * 1024)
+        if not isinstance(self.log_level, str) or self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigurationError(f"setting log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        object.__setattr__(self, "log_level", self.log_level.upper())  # frozen: normalised once, here
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{each.name}={getattr(self, each.name)!r}" for each in fields(self) if each.repr)

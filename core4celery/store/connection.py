@@ -94,6 +94,18 @@ class Connection:
     def schedules(self) -> Collection[Doc]:
         return self.collection("schedules")
 
+    @property
+    def logs(self) -> Collection[Doc]:
+        return self.collection("logs")
+
+    @property
+    def stdout(self) -> Collection[Doc]:
+        return self.collection("stdout")
+
+    @property
+    def cookies(self) -> Collection[Doc]:
+        return self.collection("cookies")
+
     def ping(self) -> None:
         try:
             self.db.command("ping")
@@ -139,3 +151,5 @@ class Connection:
         self.journal.create_index([("mid", ASCENDING)], name="mid", sparse=True)
         self.journal.create_index([("name", ASCENDING)], name="name")
         self.workers.create_index([("heartbeat", ASCENDING)], name="heartbeat")
+        self.logs.create_index([("job_id", ASCENDING), ("trial", ASCENDING), ("seq", ASCENDING)], name="job_run")
+        self.stdout.create_index([("job_id", ASCENDING), ("trial", ASCENDING)], unique=True, name="job_run")

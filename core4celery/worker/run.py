@@ -14,9 +14,11 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Collection, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from functools import partial
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from celery.exceptions import Ignore, Retry
@@ -34,6 +36,9 @@ from ..store.slots import Holder
 from ..store.states import State
 from ..store.values import check_json, check_storable
 from ..transport import IDLE_AFTER
+
+if TYPE_CHECKING:
+    from .jobdata import JobData
 
 log = get_task_logger("core4celery.job")
 
@@ -61,7 +66,10 @@ def check_progress(value: Any, message: Any) -> None:
 class JobRun:
     def __init__(self, store: JobStore, events: JobEvents, job_id: str, name: str, worker_id: str, hostname: str,
                  run_lease: float, after_end: Callable[[Holder, bool], object],
-                 settle: Callable[[Collection[ObjectId]], object] = lambda ids: 0) -> None:
+                 settle: Callable[[Collection[ObjectId]], object] = lambda ids: 0,
+                 data: JobData | None = None, loggers: tuple[str, ...] = ()) -> None:
+        """``data``: where the run's logs, stdout and cookie go (None: nothing is captured);
+        ``loggers``: the job's own logger names."""
         self._store = store
         self._events = events
         self.oid = as_object_id(job_id)
@@ -72,7 +80,10 @@ class JobRun:
         self._run_lease = run_lease
         self._after_end = after_end
         self._settle = settle
+        self._data = data
+        self._loggers = loggers
         self.run: Run | None = None
+        self.uses_cookie = False  # set by Core4Task.cookie: only such runs write last_runtime
         self._next_progress = 0.0
 
     @property
@@ -99,19 +110,32 @@ class JobRun:
             raise Ignore()
         if self._run.args is not None:
             arguments = self._run.args
+        with self._captured() as capture:
+            ending, result = self._body(body, arguments)
+            capture.failed = ending.func == self._fail  # the debug trail is kept for a failure
+        self._ending(ending)
+        return result
+
+    def _captured(self) -> AbstractContextManager[Any]:
+        """The run's logs and stdout are captured around its body and stored before its ending is written,
+        so whoever sees the job ended finds them complete."""
+        if self._data is None:
+            return nullcontext(SimpleNamespace(failed=False))
+        return self._data.capture(self.oid, self.trial, self._hostname, self._loggers)
+
+    def _body(self, body: Callable[..., Any], arguments: dict[str, Any]) -> tuple[partial[None], Any]:
+        """The ending the body asks for, and its result."""
         try:
             result = body(**arguments)
             check_json(result, "result")
         except JobDeferred as signal:
-            self._ending(partial(self._defer, signal))
+            return partial(self._defer, signal), None
         except JobRetry as signal:
             cause = signal.exc if signal.exc is not None else RuntimeError("retry() requested without an exception")
-            self._ending(partial(self._fail, cause, signal.countdown))
+            return partial(self._fail, cause, signal.countdown), None
         except Exception as exc:
-            self._ending(partial(self._fail, exc))
-        else:
-            self._ending(partial(self._complete, result))
-            return result
+            return partial(self._fail, exc), None
+        return partial(self._complete, result), result
 
     def _ending(self, write: Callable[[], None]) -> None:
         """An ending that cannot be written within outage_timeout is left to lease recovery.
@@ -153,6 +177,8 @@ class JobRun:
             log.warning("job %s lost its lease before completing; result dropped", self.job_id)
             raise Ignore()
         log.info("done execution with [complete] after [%d] sec.", self._seconds(stamp))
+        if self._data is not None and self.uses_cookie:  # a job that never reads its cookie pays no write
+            self._data.completed(self.name, stamp)
         self._release_successors()
 
     def _defer(self, signal: JobDeferred) -> None:

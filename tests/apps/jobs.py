@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -31,6 +32,26 @@ FAST = {
 def trace_collection(url: str) -> Any:
     client = MongoClient(url)
     return client.get_default_database()["trace"]
+
+
+def fast_app(name: str, url: str) -> tuple[Celery, Core4]:
+    """An app of the test modules: fast timers, the MongoDB broker, Celery's logging left alone."""
+    app = Celery(name, broker=url)
+    app.conf.update(FAST)
+    app.conf.broker_transport_options = {"ttl": True, "polling_interval": 0.05}
+    app.conf.worker_hijack_root_logger = False
+    return app, Core4(app)
+
+
+def per_process_trace(url: str) -> Callable[[], Any]:
+    """The trace collection through one client per process: pool children must not share the parent's."""
+    traces: dict[int, Any] = {}
+
+    def trace() -> Any:
+        if os.getpid() not in traces:
+            traces[os.getpid()] = trace_collection(url)
+        return traces[os.getpid()]
+    return trace
 
 
 def build(url: str) -> tuple[Celery, Core4]:

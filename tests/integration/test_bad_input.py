@@ -23,6 +23,8 @@ def assert_nothing_written(cluster: Cluster) -> None:
         (lambda c: c.core4.enqueue("t.record", tag="x", colour=1), InvalidArguments, "unexpected keyword"),
         (lambda c: c.core4.enqueue("t.record", tag="x", attempts=0), ValueError, "attempts"),
         (lambda c: c.app.tasks["t.record"].apply_async(kwargs={"tag": "x"}, link="y"), InvalidArguments,
+         "link: 'y' \\(str\\) is not a signature"),
+        (lambda c: c.app.tasks["t.record"].apply_async(kwargs={"tag": "x"}, link_error="y"), InvalidArguments,
          "not supported"),
         (lambda c: c.app.tasks["t.record"].apply_async(kwargs={"tag": "x"}, countdown=-1), InvalidArguments,
          "countdown"),

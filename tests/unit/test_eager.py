@@ -311,3 +311,23 @@ def test_no_eager_path_touches_mongodb() -> None:
         assert waiting.apply(kwargs={"ready": False}).state == "RETRY"
     assert time.monotonic() - started < 2.0
     assert not {"settings", "connection", "store", "dispatcher"} & set(core4.__dict__)
+
+
+def test_an_eager_run_has_an_in_memory_cookie_with_the_registrys_checks() -> None:
+    app = Celery("eager-cookie", broker="mongodb://127.0.0.1:1/unit?serverSelectionTimeoutMS=200")
+    Core4(app)
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="u.cookie", author="t")
+    def counting(self: Core4Task) -> Any:
+        self.cookie.set("since", "2026-01-01")
+        return [self.cookie.inc("runs"), self.cookie.get("since"), "since" in self.cookie]
+
+    assert tuple(counting.apply().get()) == (1, "2026-01-01", True)
+    assert tuple(counting.apply().get()) == (1, "2026-01-01", True)  # each eager run starts afresh
+
+    @app.task(base=Core4Task, bind=True, shared=False, name="u.bad_cookie", author="t")
+    def bad(self: Core4Task) -> None:
+        self.cookie.set("a.b", 1)
+
+    with pytest.raises(InvalidArguments, match="may not contain"):
+        bad.apply().get()
