@@ -57,7 +57,9 @@ def test_workers_and_watch(cluster: Cluster) -> None:
     url = cluster.url
     workers = ok(url, "workers")
     row = next(line for line in workers.splitlines() if line.startswith(f"{proc.name}@"))
-    assert row.split()[2:] == ["2", "working", "0"]
+    slots, state, cpu, free, gate, running = row.split()[2:]
+    assert (slots, state, gate, running) == ("2", "working", "open", "0")
+    assert cpu.endswith("%") and float(free) > 0  # the resource gate's means
     mother = ok(url, "enqueue", "t.mother", "chunks=4", "size=5").strip()
     watched = ok(url, "watch", mother, "--interval", "0.2", "--timeout", "60")
     assert "children: 4/4 done" in watched or "children:" in watched
