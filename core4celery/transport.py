@@ -14,6 +14,10 @@ and one extra read per ticket. This channel:
   shortest ``x-expires`` is 10 s);
 * polls fanout queues (``celery inspect``, Flower, ``control``) at most every
   ``BROADCAST_POLL`` seconds: their tailable cursor keeps what arrives meanwhile;
+* polls a worker's own queue (pinned, per-node capped and forced jobs, see
+  :mod:`core4celery.dispatch.routing`) at most every ``OWN_POLL`` seconds after it
+  was found empty: a busy worker otherwise spent an empty poll on it per message
+  (1.6 server commands per job); a ring polls it at once;
 * in a worker (``sleep_when_idle``), after ``IDLE_AFTER`` seconds without a
   message, waits on the wake-up collection (:mod:`core4celery.wakeups`) for up
   to ``idle_wait`` seconds instead of polling every ``polling_interval``: an
@@ -43,6 +47,7 @@ from pymongo import ASCENDING, CursorType
 from pymongo.cursor import Cursor
 from pymongo.errors import PyMongoError
 
+from .dispatch.routing import PERSONAL_PREFIX
 from .wakeups import WAKEUPS
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,7 @@ log = logging.getLogger(__name__)
 OPTIONS_TTL = 5.0
 KEEPALIVE = 1.0
 BROADCAST_POLL = 0.25
+OWN_POLL = 0.25
 EAGER_AWAIT = 0.01  # seconds: an await returning faster than this did not wait
 IDLE_AFTER = 1.0  # seconds without a message before a worker's consumer waits for wake-ups
 REJECTED = "messages.rejected"  # where unreadable messages go, beside kombu's collections
@@ -78,6 +84,7 @@ class Channel(mongodb.Channel):
         self._options: dict[str, tuple[float, Any]] = {}
         self._kept: dict[str, float] = {}
         self._polled: dict[str, float] = {}
+        self._own_next: dict[str, float] = {}  # own queue -> monotonic time of its next poll
         super().__init__(*args, **kwargs)
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
@@ -114,8 +121,10 @@ class Channel(mongodb.Channel):
         database = str(self.client.name)
         return purged + sum(int(owner.purge_queue(database, queue)) for owner in list(_purge_hooks))
 
-    def poll_broadcasts_now(self) -> None:
+    def poll_now(self) -> None:
+        """After a ring: the fanout queues and the worker's own queue are polled at once."""
         self._polled.clear()
+        self._own_next.clear()
 
     def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
         """A broadcast (``celery inspect``, ``control``, Flower) rings: an idle worker waiting for
@@ -137,6 +146,21 @@ class Channel(mongodb.Channel):
             except (KeyError, TypeError, ValueError) as exc:  # a broadcast stays in its capped collection
                 log.warning("core4celery: skipped an unreadable broadcast message on %s (%s)", queue, exc)
                 raise Empty() from None
+        if queue.startswith(PERSONAL_PREFIX):
+            return self._get_own(queue)
+        return self._take(queue)
+
+    def _get_own(self, queue: str) -> Any:
+        now = time.monotonic()
+        if now < self._own_next.get(queue, 0.0):
+            raise Empty()
+        try:
+            return self._take(queue)
+        except Empty:
+            self._own_next[queue] = now + OWN_POLL
+            raise
+
+    def _take(self, queue: str) -> Any:
         msg = self.messages.find_one_and_delete({"queue": queue}, sort=[("priority", ASCENDING)])
         if self.ttl:
             self._update_queues_expire(queue)
@@ -236,7 +260,7 @@ class Transport(mongodb.Transport):
         channels: Any = self.channels
         for channel in channels:
             if isinstance(channel, Channel):
-                channel.poll_broadcasts_now()
+                channel.poll_now()
 
     def _tail(self) -> Cursor[Any]:
         """A cursor past the newest ring (it starts on that ring: a cursor without a first match dies)."""

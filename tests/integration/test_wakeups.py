@@ -46,6 +46,15 @@ def test_a_job_enqueued_for_an_idle_worker_starts_at_once(cluster: Cluster, slee
     assert seconds(done["started_at"], done["enqueued"]["at"]) < PROMPT
 
 
+def test_a_pinned_job_reaches_its_idle_worker_at_once(cluster: Cluster, sleeper: WorkerProcess) -> None:
+    """Its ticket goes to the worker's own queue, which the worker polls seldom: the ring polls it."""
+    sit_idle()
+    job_id = cluster.core4.enqueue("t.square", n=4, worker=f"{sleeper.name}@*")
+    done = cluster.wait_journaled(job_id, timeout=PROMPT)
+    assert done["result"] == 16
+    assert seconds(done["started_at"], done["enqueued"]["at"]) < PROMPT
+
+
 def test_a_plain_celery_task_reaches_an_idle_worker_at_once(cluster: Cluster, sleeper: WorkerProcess) -> None:
     sit_idle()
     assert cluster.app.tasks["t.plain_add"].delay(2, 3).get(timeout=PROMPT) == 5
