@@ -33,6 +33,7 @@ def test_a_pinned_job_runs_only_on_its_worker_and_waits_without_capacity_while_i
     assert core4.get(away)["state"] == "pending" and not core4.get(away).get("dispatched_until")
     assert core4.store.holders("t.record") == []  # it takes no capacity while its worker is away
     assert "pinned to worker *-w3@*, nobody@nowhere, none of them alive" in cli(cluster, "info")
+    assert "pinned to worker *-w3@*, nobody@nowhere, none of them alive" in cli(cluster, "list")
     cluster.worker("w3")
     cluster.wait_state(away, "complete", "running")
     assert worker_of(cluster, "away").startswith(f"{cluster.test_name}-w3@")

@@ -100,6 +100,14 @@ DEFINITION: dict[str, Case] = {
     "zombie_time -1": (lambda c: c.define(zombie_time=-1), InvalidOption, ["zombie_time", "-1"]),
     "progress_interval str": (lambda c: c.define(progress_interval="5"), InvalidOption, ["progress_interval", "'5'"]),
     "force str": (lambda c: c.define(force="yes"), InvalidOption, ["force", "'yes'"]),
+    "worker empty": (lambda c: c.define(worker=""), InvalidOption, ["worker", "''"]),
+    "worker int": (lambda c: c.define(worker=5), InvalidOption, ["worker", "5"]),
+    "worker empty list": (lambda c: c.define(worker=[]), InvalidOption, ["worker", "[]"]),
+    "worker with space": (lambda c: c.define(worker=["w1@host", "w 2"]), InvalidOption, ["worker", "'w 2'"]),
+    "max_per_node 0": (lambda c: c.define(max_per_node=0), InvalidOption, ["max_per_node", "0"]),
+    "time_limit 0": (lambda c: c.define(time_limit=0), InvalidOption, ["time_limit", "0"]),
+    "schedule bad": (lambda c: c.define(schedule="61 * * * *"), InvalidOption, ["schedule", "'61 * * * *'"]),
+    "rate_limit": (lambda c: c.define(rate_limit="5/s"), InvalidOption, ["rate_limit", "max_parallel"]),
     "author empty": (lambda c: c.define(author=""), InvalidOption, ["author"]),
     "author None": (lambda c: c.define(author=None), InvalidOption, ["author"]),
 }
@@ -140,6 +148,14 @@ ARGUMENTS: dict[str, Case] = {
 }
 
 OPTIONS: dict[str, Case] = {
+    "worker pattern list of int": (lambda c: c.core4.enqueue("t.square", n=1, worker=[1]), InvalidOption,
+                                   ["worker", "1"]),
+    "max_per_node str": (lambda c: c.core4.enqueue("t.square", n=1, max_per_node="1"), InvalidOption,
+                         ["max_per_node", "'1'"]),
+    "dependency not an id": (lambda c: c.core4.enqueue("t.square", n=1, dependency=["nope"]), InvalidArguments,
+                             ["dependency", "'nope'"]),
+    "dependency unknown": (lambda c: c.core4.enqueue("t.square", n=1, dependency=["5f0000000000000000000000"]),
+                           JobNotFound, ["dependency", "5f0000000000000000000000"]),
     "defer_time inf": (lambda c: c.core4.enqueue("t.square", n=1, defer_time=math.inf), InvalidOption,
                        ["defer_time", "inf"]),
     "defer_max nan": (lambda c: c.core4.enqueue("t.square", n=1, defer_max=math.nan), InvalidOption,
