@@ -119,20 +119,17 @@ class JobStore:
         return self._connection.jobs.find_one({"_id": as_object_id(job_id)})  # type: ignore[return-value]
 
     def find(self, job_id: Any) -> JobDoc | None:
-        """Live document first (while it exists it is the truth), then the journal."""
-        oid = as_object_id(job_id)
-        doc = self.live(oid)
-        if doc is None:
-            doc = self._journal.find(oid)
-            if doc is not None:
-                doc["journaled"] = True
-        return doc
+        return self._find({"_id": as_object_id(job_id)})
 
     def find_adopted(self, celery_id: str) -> JobDoc | None:
-        """The job adopted from a plain Celery message with this id (``celery_id``), live or journaled."""
-        doc: JobDoc | None = self._connection.jobs.find_one({"celery_id": celery_id})  # type: ignore[assignment]
+        """The job that answers to a Celery task id (an adopted message's, a canvas member's frozen id)."""
+        return self._find({"celery_id": celery_id})
+
+    def _find(self, query: Mapping[str, Any]) -> JobDoc | None:
+        """Live document first (while it exists it is the truth), then the journal."""
+        doc: JobDoc | None = self._connection.jobs.find_one(query)  # type: ignore[assignment]
         if doc is None:
-            doc = self._connection.journal.find_one({"celery_id": celery_id})  # type: ignore[assignment]
+            doc = self._connection.journal.find_one(query)  # type: ignore[assignment]
             if doc is not None:
                 doc["journaled"] = True
         return doc
@@ -446,6 +443,7 @@ class JobStore:
             {"$set": {
                 "state": State.RUNNING.value, "rev": rev, "started_at": stamp, "locked": {"$literal": locked},
                 "query_at": None,
+                "prog": {"$literal": {"value": None, "message": None}},  # a new trial reports afresh
                 "trial": {"$add": ["$trial", 1]},
                 # core4: the defer_max window opens at the first start
                 "inactive_at": {"$ifNull": ["$inactive_at", {"$add": [stamp, {"$multiply": ["$defer_max", 1000]}]}]},
