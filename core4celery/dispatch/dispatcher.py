@@ -35,7 +35,7 @@ from ..config.settings import Settings
 from ..metrics import code_path
 from ..store.connection import Doc
 from ..store.document import TICKET_HEADER, JobDoc, ticket_header
-from ..store.jobs import Claim, JobStore, holder_of
+from ..store.jobs import Claim, JobStore, holder_of, rank_of
 from ..store.nodes import Nodes, slots_by_queue
 from ..store.slots import Holder, SlotState
 from ..store.states import State
@@ -49,10 +49,6 @@ SLOW_SCAN = 0.25  # seconds: a scan this slow reads SLOW_SCAN_FACTOR times more 
 CLAIM_WINDOW = 8  # candidates the server chooses among in one claim
 FULL_PAUSE = 0.05  # seconds an enqueuing process assumes the cluster stays full after a failed take
 SPILL_TTL = 0.5  # seconds an enqueuing process trusts the front's spill rank it last read (see front.py)
-
-
-def rank_of(doc: Mapping[str, Any]) -> tuple[bool, int]:
-    return bool(doc.get("force")), int(doc.get("priority") or 0)
 
 
 class Dispatcher:

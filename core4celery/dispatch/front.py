@@ -39,9 +39,8 @@ import time
 
 from ..clock import now
 from ..store.connection import Doc
-from ..store.jobs import JobStore, dispatch_key
+from ..store.jobs import JobStore, dispatch_key, rank_of
 from ..store.slots import SlotState, rank_of_key
-from .dispatcher import rank_of
 
 log = logging.getLogger(__name__)
 

@@ -191,7 +191,7 @@ class JobStore:
             [{"$set": {"front_at": "$query_at"}}],
         ), "fill the front")
         if result.modified_count:
-            self._bump((bool(docs[0].get("force")), int(docs[0].get("priority") or 0)))
+            self._bump(rank_of(docs[0]))
         return int(result.modified_count)
 
     def leave_front(self, ids: list[ObjectId]) -> int:
@@ -243,7 +243,7 @@ class JobStore:
         if front:
             cast(Doc, doc)["front_at"] = doc["query_at"]  # the caller's copy shows it too, like "slot"
         self._insert(doc)
-        self._bump(None if doc.get("trial") else (bool(doc["force"]), int(doc["priority"])))
+        self._bump(None if doc.get("trial") else rank_of(doc))
 
     def _insert(self, doc: JobDoc) -> None:
         jobs = self._connection.jobs
@@ -416,7 +416,7 @@ class JobStore:
         if not self._apply(RELEASE, doc["_id"], {"$set": fields, "$unset": {"blocked_at": ""}},
                            where={"blocked_at": doc["blocked_at"]}):
             return False
-        self._bump((bool(doc.get("force")), int(doc.get("priority") or 0)))
+        self._bump(rank_of(doc))
         return True
 
     def abandon(self, doc: Mapping[str, Any], error: dict[str, Any]) -> bool:
@@ -713,6 +713,11 @@ class JobStore:
             return True
         finished = doc.get("finished_at")
         return finished is not None and finished > cutoff
+
+
+def rank_of(doc: Mapping[str, Any]) -> tuple[bool, int]:
+    """A job's rank in dispatch order: (force, priority), higher first."""
+    return bool(doc.get("force")), int(doc.get("priority") or 0)
 
 
 def dispatch_key(doc: Mapping[str, Any]) -> tuple[bool, int, ObjectId]:
