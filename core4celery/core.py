@@ -32,7 +32,7 @@ from .config.options import ENQUEUE_OPTIONS
 from .config.settings import CONF_PREFIX, Settings, mask_url
 from .dispatch.background import BackgroundHandover
 from .dispatch.control import Control
-from .dispatch.dependencies import Dependencies
+from .dispatch.dependencies import Dependencies, failed_ending
 from .dispatch.dispatcher import Dispatcher
 from .errors import DependencyFailed, InvalidArguments, JobNotFound, UnknownTask
 from .events import JobEvents
@@ -49,7 +49,7 @@ from .store.nodes import Nodes
 from .store.outage import Outage
 from .store.queries import JobQueries
 from .store.schedules import ScheduleStore
-from .store.states import STOPPED, State
+from .store.states import State
 from .store.stdout import StdoutStore
 from .store.values import MAX_BSON_SIZE, check_json
 from .transport import TRANSPORT, on_purge
@@ -354,8 +354,9 @@ class Core4:
             outcome = outcomes.get(job_id)
             if outcome is None:
                 raise JobNotFound(f"dependency {job_id}: no job has this id")
-            if outcome["state"] in STOPPED_STATES or (outcome.get("journaled") and outcome["state"] != "complete"):
-                raise DependencyFailed(f"dependency {job_id} ({outcome['name']}) ended {outcome['state']}")
+            reason = failed_ending(outcome)
+            if reason is not None:
+                raise DependencyFailed(f"dependency {job_id} ({outcome['name']}) {reason}")
             if outcome["state"] != State.COMPLETE.value:
                 waiting.append(job_id)
         return tuple(waiting)
@@ -388,7 +389,6 @@ class Core4:
         members = {celery_id: ObjectId() for celery_id in member_ids}
         plan = Plan(self.app, Core4Task)
         plan.add(body, Tails(tuple(members.values()), many=True))
-        plan.link_successors()
         firsts = tuple(step.job_id for step in plan.steps if set(step.after) & set(members.values()))
         self.submit_plan(plan, scope=group_id)
         for celery_id, job_id in members.items():
@@ -469,7 +469,6 @@ class Core4:
         return AsyncResult(job_id, backend=self.backend, app=self.app)
 
 
-STOPPED_STATES = {state.value for state in STOPPED}
 PROJECT = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")
 
 

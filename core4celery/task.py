@@ -183,8 +183,6 @@ class Core4Task(Task):
 
     def _member_links(self, canvas: dict[str, Any]) -> Links | None:
         """A group's or chord's member answers to its frozen Celery id and is unique only within its group."""
-        if "dependency" in canvas and len(canvas) == 1:
-            return None
         task_id = canvas.get("task_id")
         if task_id is not None and not isinstance(task_id, str):
             raise InvalidArguments(f"{self.name}: task_id must be a str, got {task_id!r}")

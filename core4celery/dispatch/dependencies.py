@@ -80,12 +80,9 @@ class Dependencies:
                 if now() - doc["blocked_at"] > timedelta(seconds=MISSING_GRACE):
                     return False, abandon_error(doc, f"job {job_id} it waits for does not exist")
                 done = False
-            elif outcome["state"] == State.COMPLETE.value:
-                continue
-            elif outcome["state"] in FAILED_ENDINGS or outcome.get("journaled"):
-                reason = "was removed" if outcome.get("journaled") else f"ended {outcome['state']}"
+            elif (reason := failed_ending(outcome)) is not None:
                 return False, abandon_error(doc, f"job {job_id} ({outcome.get('name')}) it waits for {reason}")
-            else:
+            elif outcome["state"] != State.COMPLETE.value:
                 done = False
         return done, None
 
@@ -101,6 +98,15 @@ class Dependencies:
             log.error("job %s: the results it is given do not fit in its document (%s)", doc["_id"], exc)
             message = "the results of the jobs it waits for do not fit in one document (16 MiB)"
             return int(self._store.abandon(doc, abandon_error(doc, message)))
+
+
+def failed_ending(outcome: Mapping[str, Any]) -> str | None:
+    """How an awaited job ended without completing ("ended error", "was removed"); None while it still may."""
+    if outcome["state"] == State.COMPLETE.value:
+        return None
+    if outcome.get("journaled"):
+        return "was removed"
+    return f"ended {outcome['state']}" if outcome["state"] in FAILED_ENDINGS else None
 
 
 def abandon_error(doc: JobDoc, reason: str) -> dict[str, Any]:
