@@ -61,11 +61,15 @@ def limited(self: Core4Task, i: int, seconds: float) -> int:
 
 
 class Fanout(Core4Task):
-    """A mother that only orchestrates: N children that sleep, then she completes."""
+    """A mother that only orchestrates: N children that sleep, then she completes.
+
+    She is woken when her last child ends (JobStore.wake_mother), so her
+    defer_time is only the longest she waits between checks.
+    """
 
     name = "bench.fanout"
     author = "bench"
-    defer_time = 0.25
+    defer_time = 60
     defer_max = 86400
 
     def execute(self, chunks: int, seconds: float, run: str) -> int:

@@ -123,7 +123,8 @@ class Core4Task(Task):
         hostname = request.hostname or ""
         run = JobRun(core4.store, core4.events, request.id, self.name, core4.worker_id(hostname), hostname,
                      core4.settings.run_lease, after_end=core4.handovers.submit,
-                     settle=core4.dependencies.settle, data=core4.job_data, loggers=(self.name, type(self).__module__))
+                     settle=core4.dependencies.settle, data=core4.job_data, loggers=(self.name, type(self).__module__),
+                     wake=core4.store.wake_mother)
         request.core4_run = run
         return run.execute(self.body, kwargs, getattr(request, TICKET_HEADER, None))
 

@@ -19,7 +19,7 @@ and one extra read per ticket. This channel:
   was found empty: a busy worker otherwise spent an empty poll on it per message
   (1.6 server commands per job); a ring polls it at once;
 * in a worker (``sleep_when_idle``), after ``IDLE_AFTER`` seconds without a
-  message, waits on the wake-up collection (:mod:`core4celery.wakeups`) for up
+  message and with room in its prefetch, waits on the wake-up collection (:mod:`core4celery.wakeups`) for up
   to ``idle_wait`` seconds instead of polling every ``polling_interval``: an
   idle worker then costs the server one command per ``idle_wait``, and a ring
   ends the wait at once.
@@ -53,11 +53,12 @@ from .wakeups import WAKEUPS
 log = logging.getLogger(__name__)
 
 OPTIONS_TTL = 5.0
-KEEPALIVE = 1.0
-BROADCAST_POLL = 0.25
+KEEPALIVE = 3.0  # Celery's shortest x-expires (pidbox queues) is 10 s
+BROADCAST_POLL = 0.5  # celery inspect waits 1 s for replies
 OWN_POLL = 0.25
 EAGER_AWAIT = 0.01  # seconds: an await returning faster than this did not wait
 IDLE_AFTER = 1.0  # seconds without a message before a worker's consumer waits for wake-ups
+FULL_LOOK = 0.01  # seconds between looks at a full prefetch (local, no server command)
 REJECTED = "messages.rejected"  # where unreadable messages go, beside kombu's collections
 
 _idle_wait = 0.0  # seconds; 0: never wait for wake-ups (every process but a worker)
@@ -223,11 +224,20 @@ class Transport(mongodb.Transport):
                 return
 
     def _pause(self, left: float | None) -> None:
+        """A consumer whose prefetch is full polls nothing (kombu skips it) but looks again every
+        ``FULL_LOOK`` seconds without a server command: the moment its run ends it takes the ticket the
+        run handed on. Waiting for a ring instead would miss one rung before the run's ack freed it."""
         interval = float(self.polling_interval or 0.0)
-        if _idle_wait and self.channels and time.monotonic() - self._last_delivery >= IDLE_AFTER:
+        if self._prefetch_full():
+            interval = min(interval, FULL_LOOK)
+        elif _idle_wait and self.channels and time.monotonic() - self._last_delivery >= IDLE_AFTER:
             self._await_wakeup()
             return
         time.sleep(interval if left is None else max(0.0, min(interval, left)))
+
+    def _prefetch_full(self) -> bool:
+        channels: Any = self.channels
+        return any(channel._consumers and not channel.qos.can_consume() for channel in channels)
 
     def _await_wakeup(self) -> None:
         """Blocking getMores until a ring arrives or ``idle_wait`` has passed (then the queues are polled).

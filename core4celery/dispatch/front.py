@@ -60,9 +60,10 @@ class FrontKeeper:
         self._ranks: dict[str, int] = {}  # rank generations when it was read
         self._recheck_at = 0.0  # monotonic: look for late spills then (0: no need)
 
-    def keep(self) -> None:
-        if not self._store.lead_front(self._owner, LEASE):
-            self._outside = []  # another process keeps it; our list goes stale
+    def keep(self, led: bool = False) -> None:
+        """``led``: the caller holds the keeper's lease already (the worker's keeper, worker/step.py)."""
+        if not led and not self._store.lead(self._owner, LEASE):
+            self.forget()
             return
         if self._recheck_at and time.monotonic() >= self._recheck_at:
             self._recheck_at = 0.0
@@ -75,6 +76,10 @@ class FrontKeeper:
             relevant = self._due_at_or_above(front, state.spill)
             if relevant < self._low:
                 self._refill(relevant, state)
+
+    def forget(self) -> None:
+        """Another process keeps the front: this one's list of the jobs outside goes stale."""
+        self._outside = []
 
     @staticmethod
     def _due_at_or_above(front: list[Doc], spill: tuple[bool, int]) -> int:

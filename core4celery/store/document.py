@@ -117,7 +117,7 @@ def new_job(
 # what a ticket carries about its job (a message header), so a run needs no read of its document
 TICKET_HEADER = "core4"
 TICKET_FIELDS = ("trial", "attempts_left", "runtime", "defer_time", "error_time", "progress_interval", "queue",
-                 "max_parallel", "slot", "successors", "route")
+                 "max_parallel", "slot", "successors", "route", "mid")
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,7 @@ class Run:
     slot: ObjectId | None = None  # the claim token of the slots this run holds
     args: dict[str, Any] | None = None  # set when the start had to read the job (a ticket without the header)
     successors: tuple[ObjectId, ...] = ()  # released (or abandoned) by this run's final ending
+    mid: str | None = None  # the mother, woken when this run ends her last unfinished child
 
     @classmethod
     def of(cls, fields: Mapping[str, Any], *, job_id: ObjectId, name: str, token: ObjectId, rev: ObjectId,
@@ -179,7 +180,8 @@ class Run:
                    queue=str(fields.get("route") or fields.get("queue") or "celery"),
                    max_parallel=int(fields["max_parallel"]), slot=_object_id(fields.get("slot")),
                    args=fields.get("args"),
-                   successors=tuple(ObjectId(str(job)) for job in fields.get("successors") or ()))
+                   successors=tuple(ObjectId(str(job)) for job in fields.get("successors") or ()),
+                   mid=fields.get("mid"))
 
     def ended(self, stamp: datetime) -> dict[str, Any]:
         """The fields every ending writes."""

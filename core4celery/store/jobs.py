@@ -49,6 +49,7 @@ from .states import (
     RESTART_WAITING,
     START,
     WAITING,
+    WAKE,
     State,
     Transition,
 )
@@ -205,8 +206,12 @@ class JobStore:
     def spill(self, rank: tuple[bool, int] | None) -> None:
         self._slots.spill(rank)
 
-    def lead_front(self, owner: str, seconds: float) -> bool:
+    def lead(self, owner: str, seconds: float) -> bool:
+        """Take or renew the keeper's lease: the cluster's upkeep (housekeeping, the front, timed dispatch)."""
         return self._slots.lead(owner, seconds, now())
+
+    def resign(self, owner: str) -> None:
+        self._slots.resign(owner)
 
     def busy_by_queue(self) -> dict[str | None, int]:
         """Jobs holding a worker slot (running or with a ticket out), per queue."""
@@ -232,7 +237,7 @@ class JobStore:
         SecantusDB (2.4 s at 100,000 waiting jobs), and every worker runs a
         round each second.
         """
-        return [entry["id"] for held in self._slots.read().holders.values() for entry in held]
+        return self._slots.read().active()
 
     # -- enqueue and dispatch --------------------------------------------------
     def enqueue(self, doc: JobDoc, front: bool = True) -> None:
@@ -426,6 +431,28 @@ class JobStore:
         return self._apply(ABANDON, doc["_id"], {"$set": fields, "$unset": {"blocked_at": ""}},
                            where={"blocked_at": doc["blocked_at"]})
 
+    def wake_mother(self, mid: str) -> bool:
+        """The last unfinished child of ``mid`` ended: she is due now instead of after her defer_time.
+
+        Beyond core4, whose mothers poll every defer_time: a divide-and-conquer
+        job finishes when its last child does, and may defer for long. A mother
+        still running is marked instead (``woken_at``), so her next deferral is
+        due at once. True when she was woken or marked.
+        """
+        jobs = self._connection.jobs
+        unfinished = {"mid": mid, "state": {"$in": [*(s.value for s in WAITING), State.RUNNING.value]}}
+        if self._outage.run(lambda: jobs.count_documents(unfinished, limit=1), f"count children of {mid}"):
+            return False
+        mother = as_object_id(mid)
+        stamp = now()
+        if self._apply(WAKE, mother, {"$set": {"query_at": stamp}}, where={"query_at": {"$gt": stamp}}):
+            self._bump()
+            return True
+        marked = self._outage.run(
+            lambda: jobs.update_one({"_id": mother, "state": State.RUNNING.value}, {"$set": {"woken_at": stamp}}),
+            f"mark job {mid}")
+        return marked.matched_count == 1
+
     # -- one run ---------------------------------------------------------------
     def start(self, job_id: ObjectId, name: str, locked: dict[str, Any], ticket: Mapping[str, Any] | None) -> Run | None:
         """dispatched → running in one guarded update; None when the ticket is stale or a duplicate.
@@ -448,7 +475,7 @@ class JobStore:
                 # core4: the defer_max window opens at the first start
                 "inactive_at": {"$ifNull": ["$inactive_at", {"$add": [stamp, {"$multiply": ["$defer_max", 1000]}]}]},
             }},
-            {"$unset": "dispatched_until"},
+            {"$unset": ["dispatched_until", "woken_at"]},
         ]
         jobs = self._connection.jobs
         attempt = self._outage.call(lambda: jobs.update_one(guard, update), f"start job {job_id}")
@@ -528,7 +555,19 @@ class JobStore:
         query_at = later(run.defer_time, stamp)
         error = {"exception": f"JobDeferred({message!r})", "traceback": None, "at": stamp}
         fields = {**run.ended(stamp), "query_at": query_at, "last_error": error}
-        return query_at if self._end_run(DEFER, run, fields) else None
+        if self._end_run(DEFER, run, fields, where={"woken_at": None}):
+            return query_at
+        if self._woken(run):  # her last child ended during this run (wake_mother): due at once
+            fields["query_at"] = stamp
+            if self._apply(DEFER, run.job_id, {"$set": fields, "$unset": {"woken_at": ""}},
+                           where={"locked.run": run.token, "killed_at": None}):
+                self._bump()
+                return stamp
+        return None
+
+    def _woken(self, run: Run) -> bool:
+        current = self._running(run)
+        return current is not None and current.get("woken_at") is not None and not current.get("killed_at")
 
     def fail(self, run: Run, error: dict[str, Any], stamp: datetime, delay: float | None = None) -> State | None:
         """running → failed (attempts left, due after error_time or ``delay``) or error; None when the run lost
@@ -540,9 +579,11 @@ class JobStore:
         transition = FAIL if left > 0 else ERROR
         return transition.target if self._end_run(transition, run, fields) else None
 
-    def _end_run(self, transition: Transition, run: Run, fields: dict[str, Any]) -> bool:
+    def _end_run(self, transition: Transition, run: Run, fields: dict[str, Any],
+                 where: Mapping[str, Any] | None = None) -> bool:
         """A kill requested during the run wins over its deferral or failure."""
-        if self._apply(transition, run.job_id, {"$set": fields}, where={"locked.run": run.token, "killed_at": None}):
+        guard = {"locked.run": run.token, "killed_at": None, **(where or {})}
+        if self._apply(transition, run.job_id, {"$set": fields}, where=guard):
             return True
         current = self._running(run)
         if current is not None and current.get("killed_at"):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -87,6 +87,15 @@ class SlotState:
     ranks: dict[str, int]  # generation per rank of newly due jobs ("any": an old job due again)
     spill: tuple[bool, int] | None = None  # new jobs of this rank or lower wait outside the front (see front.py)
     projects: tuple[str, ...] = ()  # paused projects: no job whose name is under one of them takes a slot
+    keeper: tuple[str, datetime] | None = None  # (owner, lease end): the process doing the cluster's upkeep
+
+    def active(self) -> list[ObjectId]:
+        """Every job holding slots (a ticket out or running)."""
+        return [entry["id"] for held in self.holders.values() for entry in held]
+
+    def kept_by_other(self, owner: str, stamp: datetime) -> bool:
+        """Another process holds the keeper's lease: ``owner`` need not even try to take it."""
+        return self.keeper is not None and self.keeper[0] != owner and self.keeper[1] >= stamp
 
     def outranks(self, since: Mapping[str, int], rank: tuple[bool, int]) -> bool:
         """Did a job ranking above ``rank`` (or any old job) become due since ``since`` was read?"""
@@ -168,6 +177,7 @@ class Slots:
             ranks={k: int(v) for k, v in (doc.get("ranks") or {}).items()},
             spill=rank_of_key(doc["spill"]) if doc.get("spill") else None,
             projects=tuple(doc.get("projects") or ()),
+            keeper=_keeper(doc.get("keeper")),
         )
 
     @staticmethod
@@ -274,10 +284,14 @@ class Slots:
         self._update({}, {"$set": {"spill": value}}, "set the front's spill rank")
 
     def lead(self, owner: str, seconds: float, stamp: Any) -> bool:
-        """Take or renew the lease of the front's keeper (one process keeps the front at a time)."""
+        """Take or renew the keeper's lease (one process does the cluster's upkeep and keeps the front)."""
         guard = {"$or": [{"keeper.by": owner}, {"keeper.until": {"$lt": stamp}}, {"keeper": None}]}
         until = stamp + timedelta(seconds=seconds)
         return self._update(guard, {"$set": {"keeper": {"by": owner, "until": until}}}, "lead the front")
+
+    def resign(self, owner: str) -> None:
+        """Give up the keeper's lease at once (a stopping worker), so the next beat of another takes it."""
+        self._update({"keeper.by": owner}, {"$set": {"keeper": None}}, "resign the keeper's lease")
 
     def pause_project(self, project: str, paused: bool) -> None:
         update = {"$addToSet" if paused else "$pull": {"projects": project}, "$inc": {"generation": 1, "ranks.any": 1}}
@@ -286,3 +300,9 @@ class Slots:
     def pause(self, paused: bool) -> None:
         self._update({}, {"$set": {"paused": paused}, "$inc": {"generation": 1, "ranks.any": 1}},
                      "pause" if paused else "resume")
+
+
+def _keeper(value: Any) -> tuple[str, datetime] | None:
+    if not isinstance(value, dict) or not isinstance(value.get("until"), datetime):
+        return None
+    return str(value.get("by")), value["until"]

@@ -70,6 +70,8 @@ REQUEST_REMOVE = Transition("request_remove", tuple(s for s in State if s is not
 RELEASE = Transition("release", (State.PENDING,), None)
 # a pending job whose dependency ended without completing can never run: it ends in error
 ABANDON = Transition("abandon", (State.PENDING,), State.ERROR)
+# wake: the last of a deferred mother's children ended, so she is due now rather than after defer_time
+WAKE = Transition("wake", (State.DEFERRED,), None)
 
 TRANSITIONS = {
     t.name: t

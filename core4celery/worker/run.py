@@ -67,7 +67,8 @@ class JobRun:
     def __init__(self, store: JobStore, events: JobEvents, job_id: str, name: str, worker_id: str, hostname: str,
                  run_lease: float, after_end: Callable[[Holder, bool], object],
                  settle: Callable[[Collection[ObjectId]], object] = lambda ids: 0,
-                 data: JobData | None = None, loggers: tuple[str, ...] = ()) -> None:
+                 data: JobData | None = None, loggers: tuple[str, ...] = (),
+                 wake: Callable[[str], object] = lambda mid: False) -> None:
         """``data``: where the run's logs, stdout and cookie go (None: nothing is captured);
         ``loggers``: the job's own logger names."""
         self._store = store
@@ -80,10 +81,13 @@ class JobRun:
         self._run_lease = run_lease
         self._after_end = after_end
         self._settle = settle
+        self._wake = wake
         self._data = data
         self._loggers = loggers
         self.run: Run | None = None
         self.uses_cookie = False  # set by Core4Task.cookie: only such runs write last_runtime
+        self._ended_at = now()  # when the body returned or raised: the ending's time
+        self._final = False  # the ending written was final (complete, error): the mother may be waiting for it
         self._next_progress = 0.0
 
     @property
@@ -112,6 +116,8 @@ class JobRun:
             arguments = self._run.args
         with self._captured() as capture:
             ending, result = self._body(body, arguments)
+            self._ended_at = now()
+            self._hand_over()  # before the run's logs are stored and its ending written: see _ending
             capture.failed = ending.func == self._fail  # the debug trail is kept for a failure
         self._ending(ending)
         return result
@@ -138,10 +144,15 @@ class JobRun:
         return partial(self._complete, result), result
 
     def _ending(self, write: Callable[[], None]) -> None:
-        """An ending that cannot be written within outage_timeout is left to lease recovery.
+        """The slots were handed on first (in :meth:`execute`): the next job's ticket is on its way
+        while this ending is written.
 
-        Only an ending that was written hands the run's slots on: a run that lost
-        its job (recovered, killed) no longer owns them.
+        The body is over, so the next job never runs beside it; the ending's time
+        is the body's end (``finished_at`` precedes the next job's start). A run
+        that lost its job (recovered, killed) hands nothing on: its claim token no
+        longer guards the slots, so the transfer is refused. An ending that cannot
+        be written within outage_timeout is left to lease recovery (at least once,
+        as for a run that died right before its write).
         """
         try:
             with code_path("finish"):
@@ -153,9 +164,9 @@ class JobRun:
         except Ignore:
             raise
         except BaseException:  # Retry (deferred, failed) or the job's exception (error): the ending was written
-            self._hand_over()
+            self._wake_mother()
             raise
-        self._hand_over()
+        self._wake_mother()
 
     def _hand_over(self) -> None:
         run = self._run
@@ -172,17 +183,18 @@ class JobRun:
         return int((stamp - self._run.started_at).total_seconds())
 
     def _complete(self, result: Any) -> None:
-        stamp = now()
+        stamp = self._ended_at
         if not self._store.complete(self._run, result, stamp):
             log.warning("job %s lost its lease before completing; result dropped", self.job_id)
             raise Ignore()
+        self._final = True
         log.info("done execution with [complete] after [%d] sec.", self._seconds(stamp))
         if self._data is not None and self.uses_cookie:  # a job that never reads its cookie pays no write
             self._data.completed(self.name, stamp)
         self._release_successors()
 
     def _defer(self, signal: JobDeferred) -> None:
-        stamp = now()
+        stamp = self._ended_at
         query_at = self._store.defer(self._run, stamp, signal.message)
         if query_at is None:
             raise Ignore()
@@ -191,7 +203,7 @@ class JobRun:
 
     def _fail(self, exc: BaseException, delay: float | None = None) -> None:
         """``delay``: seconds until the next trial instead of ``error_time`` (a retry's countdown)."""
-        stamp = now()
+        stamp = self._ended_at
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
         error = {"exception": repr(exc), "traceback": lines, "at": stamp, **exception_fields(exc)}
         state = self._store.fail(self._run, error, stamp, delay)
@@ -204,6 +216,7 @@ class JobRun:
                 state, self._seconds(stamp), left, exc)
         if state is State.FAILED:
             raise Retry(exc=exc, when=later(self._run.error_time if delay is None else delay, stamp))
+        self._final = True
         self._release_successors()
         raise exc
 
@@ -217,6 +230,18 @@ class JobRun:
                 self._settle(successors)
         except Exception as exc:  # the ending is written: the sweep settles them instead
             log.warning("job %s: could not settle the jobs waiting for it (%r); a sweep will", self.job_id, exc)
+
+    def _wake_mother(self) -> None:
+        """After the hand-over (the next job starts first): a mother deferred until her children end
+        runs now, not after her defer_time (:meth:`JobStore.wake_mother`)."""
+        mid = self._run.mid
+        if not self._final or not mid:
+            return
+        try:
+            with code_path("finish"):
+                self._wake(mid)
+        except Exception as exc:  # the mother runs after her defer_time as in core4
+            log.warning("job %s: could not wake its mother %s (%r)", self.job_id, mid, exc)
 
     def progress(self, value: float, message: str | None, force: bool) -> bool:
         """Throttled by progress_interval; doubles as the job's heartbeat."""

@@ -4,6 +4,15 @@ housekeeping on a thread of the worker's main process.
 A thread (not Celery's consumer timer) keeps heartbeats and leases going
 even while the consumer blocks on a full pool, which happens on the
 MongoDB transport's synchronous event loop.
+
+Every worker beats and tends its own runs. The cluster's upkeep — timed
+dispatch, housekeeping rounds, slot repair, reconciling slots with the
+workers, the dependency sweep, the front and the schedules — is done by one
+worker at a time, the *keeper* (a lease in the slots document, renewed each
+beat, taken over by another worker ``KEEPER_BEATS`` beats after its keeper
+stopped). Each of those duties is safe to run concurrently, so a keeper
+that lost its lease unknowingly does no harm; done by every worker they cost
+the server about a dozen commands per worker per second.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from ..dispatch.front import FrontKeeper
 from ..dispatch.routing import personal_queue
 from ..errors import RegistryUnavailable
 from ..metrics import code_path
+from ..store.slots import SlotState
 from ..transport import sleep_when_idle
 from .housekeeping import Housekeeping
 from .node import Node, kill_process
@@ -35,6 +45,8 @@ if TYPE_CHECKING:
     from ..core import Core4
 
 log = logging.getLogger(__name__)
+
+KEEPER_BEATS = 3  # heartbeats a keeper's lease lasts
 
 
 class Ticker(threading.Thread):
@@ -50,6 +62,8 @@ class Ticker(threading.Thread):
                                    paused=lambda: core4.control.paused() is not None)
         self.stopping = threading.Event()
         self.draining = threading.Event()
+        self.keeping = False  # this worker holds the keeper's lease (as of its last beat)
+        self.joined = False  # its first beat reconciled the slots itself: its own are usable at once
 
     def run(self) -> None:
         settings = self.core4.settings
@@ -60,7 +74,7 @@ class Ticker(threading.Thread):
                 if beat:
                     next_beat = time.monotonic() + settings.heartbeat_interval
                     self.beat()
-                if not self.draining.is_set():
+                if self.keeping and not self.draining.is_set():
                     self.core4.dispatcher.tick()
             except (ConnectionFailure, RegistryUnavailable) as exc:
                 self.core4.outage.note()
@@ -82,22 +96,39 @@ class Ticker(threading.Thread):
                               ident["started_at"], draining,
                               extra={"personal": ident["personal"], "serves": ident["serves"],
                                      "gate": gate.gate.report()})
-        active = self.core4.store.active_ids()
+        state = self.core4.store.slots()
+        active = state.active()
         self.node.tend(active)
-        self.housekeeping.round(active)
-        self.core4.store.repair_slots()
-        self.core4.dispatcher.reconcile()
-        self.core4.dependencies.sweep()
-        if not draining:
-            self.front.keep()
+        keeping = not draining and self._lead(state)
+        if self.keeping and not keeping:
+            self.core4.store.resign(ident["worker_id"])  # draining: the next keeper need not wait for the lease
+        self.keeping = keeping
+        if not self.joined:  # its own slots are usable at once, not at the keeper's next beat
+            self.core4.dispatcher.reconcile()
+            self.joined = True
+        if keeping:
+            self.housekeeping.round(active)
+            self.core4.store.repair_slots()
+            self.core4.dispatcher.reconcile()
+            self.core4.dependencies.sweep()
+            self.front.keep(led=True)
             self.scheduler.beat()
         else:
+            self.front.forget()
+        if draining:
             self.scheduler.resign()
         if not draining and self.core4.control.halt_requested(ident["started_at"]):
             log.warning("core4celery halt requested: finishing running jobs, then exiting")
             self.draining.set()
             self._beat()
             os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown waits for running jobs
+
+    def _lead(self, state: SlotState) -> bool:
+        """Keep (or take over) the keeper's lease; no command while another worker holds it."""
+        if state.kept_by_other(self.identity["worker_id"], now()):
+            return False
+        lease = KEEPER_BEATS * self.core4.settings.heartbeat_interval
+        return self.core4.store.lead(self.identity["worker_id"], lease)
 
 
 def pool_terminate(worker: Any) -> Callable[[int], object]:
@@ -172,5 +203,6 @@ class Core4WorkerStep(bootsteps.StartStopStep):
         ticker.stopping.set()
         ticker.join(timeout=5)
         ticker.scheduler.resign()  # the next worker's heartbeat schedules, not one lease later
+        self.core4.store.resign(self.worker_id)
         self.core4.nodes.leave(self.worker_id)
         self.ticker = None
