@@ -48,13 +48,13 @@ from pymongo.cursor import Cursor
 from pymongo.errors import PyMongoError
 
 from .dispatch.routing import PERSONAL_PREFIX
-from .wakeups import WAKEUPS
+from .wakeups import RING_MARGIN, WAKEUPS, ring_of
 
 log = logging.getLogger(__name__)
 
 OPTIONS_TTL = 5.0
 KEEPALIVE = 3.0  # Celery's shortest x-expires (pidbox queues) is 10 s
-BROADCAST_POLL = 0.5  # celery inspect waits 1 s for replies
+BROADCAST_POLL = 0.25
 OWN_POLL = 0.25
 EAGER_AWAIT = 0.01  # seconds: an await returning faster than this did not wait
 IDLE_AFTER = 1.0  # seconds without a message before a worker's consumer waits for wake-ups
@@ -122,17 +122,22 @@ class Channel(mongodb.Channel):
         database = str(self.client.name)
         return purged + sum(int(owner.purge_queue(database, queue)) for owner in list(_purge_hooks))
 
-    def poll_now(self) -> None:
-        """After a ring: the fanout queues and the worker's own queue are polled at once."""
-        self._polled.clear()
-        self._own_next.clear()
+    def poll_now(self, queue: str | None = None) -> None:
+        """After a ring for ``queue`` (a worker's own queue, a broadcast exchange; None: unknown): it is
+        polled at once, however recent its last empty poll."""
+        if queue is None or queue in set(self._fanout_queues.values()):
+            self._polled.clear()
+        if queue is None:
+            self._own_next.clear()
+        else:
+            self._own_next.pop(queue, None)
 
     def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
         """A broadcast (``celery inspect``, ``control``, Flower) rings: an idle worker waiting for
         wake-ups would answer only after ``idle_wait``, later than ``inspect``'s one-second timeout."""
         super()._put_fanout(exchange, message, routing_key, **kwargs)
         try:
-            self.client[WAKEUPS].insert_one({"q": exchange})
+            self.client[WAKEUPS].insert_one(ring_of(exchange))
         except PyMongoError as exc:
             log.debug("core4celery: could not ring for broadcast %s: %s", exchange, type(exc).__name__)
 
@@ -244,17 +249,24 @@ class Transport(mongodb.Transport):
 
         A server may end an await early without a ring (SecantusDB does on other
         writes): the wait goes on, and an await that returns at once is followed
-        by a pause, so a server that cannot wait is polled, not spun on.
+        by a pause, so a server that cannot wait is polled, not spun on. Rings
+        older than the poll just before this wait are skipped (no command: they
+        come in the cursor's batch): a consumer back from a busy spell would
+        otherwise poll again for every ring it missed, tickets long taken.
         """
         deadline = time.monotonic() + _idle_wait
+        since = time.time() - RING_MARGIN
         try:
             cursor = self._wake_cursor
             if cursor is None or not cursor.alive:
                 cursor = self._wake_cursor = self._tail()
             while time.monotonic() < deadline:
                 began = time.monotonic()
-                if next(cursor, None) is not None:
-                    self._rung()
+                ring = next(cursor, None)
+                if ring is not None:
+                    if ring.get("t", since) < since:
+                        continue
+                    self._rung(ring.get("q"))
                     return
                 if not cursor.alive:
                     return
@@ -265,12 +277,12 @@ class Transport(mongodb.Transport):
             self._wake_cursor = None
             time.sleep(float(self.polling_interval or 0.0) or 0.05)
 
-    def _rung(self) -> None:
-        """A ring may be for a broadcast: the next poll reads the fanout queues, however recent the last."""
+    def _rung(self, queue: str | None) -> None:
+        """Only what the ring names is polled out of turn (the shared queues are polled anyway)."""
         channels: Any = self.channels
         for channel in channels:
             if isinstance(channel, Channel):
-                channel.poll_now()
+                channel.poll_now(queue)
 
     def _tail(self) -> Cursor[Any]:
         """A cursor past the newest ring (it starts on that ring: a cursor without a first match dies)."""

@@ -12,6 +12,7 @@ the sleeper polls anyway after ``idle_wait``.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from pymongo import MongoClient
@@ -28,7 +29,14 @@ WAKEUPS = "messages.wakeups"
 # insert costs in proportion to the documents kept on SecantusDB (5 ms at 1,000, 33 ms at 4,000).
 CAPPED_SIZE = 1 << 16
 CAPPED_MAX = 16
+RING_MARGIN = 0.1  # seconds
 KOMBU_DEFAULT_DATABASE = "kombu_default"
+
+
+def ring_of(queue: str) -> dict[str, Any]:
+    """A ring names what to poll (a queue or a broadcast exchange) and when it was rung (wall clock, as
+    leases: a waiter skips rings older than its last poll, within ``RING_MARGIN`` of clock skew)."""
+    return {"q": queue, "t": time.time()}
 
 
 def broker_database(broker_url: str) -> str:
@@ -60,6 +68,6 @@ class Wakeups:
     def ring(self, queue: str) -> None:
         """Best effort: a failed ring is logged, the ticket is picked up at the sleeper's next poll."""
         try:
-            self._client.get()[self._database][WAKEUPS].insert_one({"q": queue})
+            self._client.get()[self._database][WAKEUPS].insert_one(ring_of(queue))
         except PyMongoError as exc:
             log.debug("core4celery: could not ring the wake-up for queue %r: %s", queue, type(exc).__name__)

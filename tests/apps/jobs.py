@@ -136,6 +136,15 @@ def build(url: str) -> tuple[Celery, Core4]:
 
     app.register_task(Mother())
 
+    class PatientMother(Mother):
+        """Checks on her children once an hour: only the wake-up of her last child makes her finish."""
+
+        name = "t.patient_mother"
+        author = "test"
+        defer_time = 3600
+
+    app.register_task(PatientMother())
+
     @app.task(base=Core4Task, bind=True, shared=False, name="t.child", author="test", max_parallel=3)
     def child(self: Core4Task, start: int, end: int) -> int:
         total = sum(range(start, end))
