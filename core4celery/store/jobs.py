@@ -206,9 +206,9 @@ class JobStore:
     def spill(self, rank: tuple[bool, int] | None) -> None:
         self._slots.spill(rank)
 
-    def lead(self, owner: str, seconds: float) -> bool:
+    def lead(self, owner: str, seconds: float, patience: float = 0.0) -> bool:
         """Take or renew the keeper's lease: the cluster's upkeep (housekeeping, the front, timed dispatch)."""
-        return self._slots.lead(owner, seconds, now())
+        return self._slots.lead(owner, seconds, now(), patience)
 
     def resign(self, owner: str) -> None:
         self._slots.resign(owner)

@@ -283,9 +283,13 @@ class Slots:
         value = None if rank is None else rank_key(rank)
         self._update({}, {"$set": {"spill": value}}, "set the front's spill rank")
 
-    def lead(self, owner: str, seconds: float, stamp: Any) -> bool:
-        """Take or renew the keeper's lease (one process does the cluster's upkeep and keeps the front)."""
-        guard = {"$or": [{"keeper.by": owner}, {"keeper.until": {"$lt": stamp}}, {"keeper": None}]}
+    def lead(self, owner: str, seconds: float, stamp: Any, patience: float = 0.0) -> bool:
+        """Take or renew the keeper's lease (one process does the cluster's upkeep and keeps the front).
+
+        ``patience``: take over a lease only once it has been expired this long (see worker/step.py).
+        """
+        expired = stamp - timedelta(seconds=patience)
+        guard = {"$or": [{"keeper.by": owner}, {"keeper.until": {"$lt": expired}}, {"keeper": None}]}
         until = stamp + timedelta(seconds=seconds)
         return self._update(guard, {"$set": {"keeper": {"by": owner, "until": until}}}, "lead the front")
 

@@ -23,6 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
@@ -124,11 +125,17 @@ class Ticker(threading.Thread):
             os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown waits for running jobs
 
     def _lead(self, state: SlotState) -> bool:
-        """Keep (or take over) the keeper's lease; no command while another worker holds it."""
-        if state.kept_by_other(self.identity["worker_id"], now()):
-            return False
+        """Keep (or take over) the keeper's lease; no command while another worker holds it.
+
+        A worker too young to recover other workers' runs (``Housekeeping.may_recover``) takes over an
+        expired lease only one lease later, so a settled worker wins it: under churn a young keeper
+        would otherwise leave dead workers' runs unrecovered until it had settled itself.
+        """
         lease = KEEPER_BEATS * self.core4.settings.heartbeat_interval
-        return self.core4.store.lead(self.identity["worker_id"], lease)
+        patience = 0.0 if self.housekeeping.may_recover() else lease
+        if state.kept_by_other(self.identity["worker_id"], now() - timedelta(seconds=patience)):
+            return False
+        return self.core4.store.lead(self.identity["worker_id"], lease, patience)
 
 
 def pool_terminate(worker: Any) -> Callable[[int], object]:
