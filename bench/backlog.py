@@ -82,7 +82,7 @@ def operations(core4: Any, size: int) -> dict[str, Callable[[int], Any]]:
         "slots take + give": lambda i: (core4.store._slots.take(holder), core4.store._slots.give(holder)),
         "slots read": lambda i: core4.store.slots(),
         # each second in every worker: the slot holders, looked up by id
-        "housekeeping round (by holder ids)": lambda i: housekeeping(core4, core4.store.active_ids()),
+        "housekeeping round (by holder ids)": lambda i: housekeeping(core4, core4.store.slots().active()),
         # every >= 30 s (and >= 50x its own duration) per worker: every job
         "full housekeeping round": lambda i: housekeeping(core4, None),
         "candidate scan of the front (per pass)": lambda i: core4.store.due(now(), 200),

@@ -23,6 +23,7 @@ from celery import Celery, Task, signals
 from celery.result import AsyncResult
 from kombu.utils.json import dumps as kombu_dumps
 
+from . import nudges
 from .backend import RegistryBackend
 from .broker import prepare_broker
 from .canvas import COLLECT, Plan, Tails
@@ -192,7 +193,7 @@ class Core4:
     @cached_property
     def dispatcher(self) -> Dispatcher:
         ring = self.wakeups.ring if self.wakeups is not None else None
-        return Dispatcher(self.store, self.nodes, self.control, self.app, self.settings, ring)
+        return Dispatcher(self.store, self.nodes, self.control, self.app, self.settings, ring, nudges.nudge)
 
     @cached_property
     def dependencies(self) -> Dependencies:

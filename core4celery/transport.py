@@ -22,7 +22,8 @@ and one extra read per ticket. This channel:
   message and with room in its prefetch, waits on the wake-up collection (:mod:`core4celery.wakeups`) for up
   to ``idle_wait`` seconds instead of polling every ``polling_interval``: an
   idle worker then costs the server one command per ``idle_wait``, and a ring
-  ends the wait at once.
+  ends the wait at once; between two polls of a busy worker, a nudge from
+  its own pool process (:mod:`core4celery.nudges`) ends the sleep at once.
 
 * moves a message it cannot read (no payload, not JSON, not a kombu message)
   to ``messages.rejected`` with a warning, instead of raising inside the
@@ -47,6 +48,7 @@ from pymongo import ASCENDING, CursorType
 from pymongo.cursor import Cursor
 from pymongo.errors import PyMongoError
 
+from . import nudges
 from .dispatch.routing import PERSONAL_PREFIX
 from .wakeups import RING_MARGIN, WAKEUPS, ring_of
 
@@ -77,6 +79,7 @@ def sleep_when_idle(seconds: float) -> None:
     """Called in a worker's main process: its idle consumer waits for wake-ups (0 turns it off)."""
     global _idle_wait
     _idle_wait = seconds
+    nudges.listen()
 TRANSPORT = "core4celery.transport:Transport"
 
 
@@ -238,7 +241,7 @@ class Transport(mongodb.Transport):
         elif _idle_wait and self.channels and time.monotonic() - self._last_delivery >= IDLE_AFTER:
             self._await_wakeup()
             return
-        time.sleep(interval if left is None else max(0.0, min(interval, left)))
+        nudges.wait(interval if left is None else max(0.0, min(interval, left)))
 
     def _prefetch_full(self) -> bool:
         channels: Any = self.channels

@@ -53,9 +53,10 @@ SPILL_TTL = 0.5  # seconds an enqueuing process trusts the front's spill rank it
 
 class Dispatcher:
     def __init__(self, store: JobStore, nodes: Nodes, control: Control, app: Celery, settings: Settings,
-                 ring: Callable[[str], object] | None = None) -> None:
+                 ring: Callable[[str], object] | None = None, nudge: Callable[[], object] = lambda: None) -> None:
         self._store = store
         self._ring = ring  # wakes workers waiting for wake-ups (core4celery.wakeups)
+        self._nudge = nudge  # wakes this worker's own consumer between polls (core4celery.nudges)
         self._nodes = nodes
         self._control = control
         self._app = app
@@ -260,6 +261,7 @@ class Dispatcher:
             # the registry still says "dispatched": the ticket lease re-issues it
             log.exception("could not publish ticket for job %s; it is re-issued after the lease", doc["_id"])
             return
+        self._nudge()
         if ring and self._ring is not None:
             self._ring(options["queue"])
 

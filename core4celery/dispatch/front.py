@@ -16,7 +16,7 @@ How it stays right:
   Enqueuers know ``spill`` from a slots read at most ``SPILL_TTL`` old.
 * While ``spill`` is set, dispatchers claim nothing ranked below it (those
   wait until the jobs outside have been brought in): strict priority holds.
-* One keeper at a time (a lease in the slots document, renewed each beat)
+* The cluster's keeper (one worker at a time, under a lease in the slots document, see worker/step.py)
   trims the front when it grew past twice its size (the lowest-ranked leave it;
   ``spill`` becomes the highest rank that left) and refills it from the jobs
   outside, in dispatch order, when fewer than half its size of due jobs ranked at or
@@ -46,25 +46,20 @@ log = logging.getLogger(__name__)
 
 FRONT_SIZE = 500  # jobs a refill or a trim leaves in the front; trimmed above twice that, refilled below half
 OUTSIDE_READ = 20_000  # jobs outside the front read at once, in dispatch order
-LEASE = 10.0  # seconds: the keeper renews it each beat (heartbeat_interval)
 RECHECK = 2.0  # seconds after clearing the spill: enqueuers may have held it for SPILL_TTL
 
 
 class FrontKeeper:
-    def __init__(self, store: JobStore, owner: str, size: int = FRONT_SIZE) -> None:
+    def __init__(self, store: JobStore, size: int = FRONT_SIZE) -> None:
         self._store = store
-        self._owner = owner
         self._size, self._high, self._low = size, 2 * size, max(1, size // 2)
         self._outside: list[Doc] = []  # jobs outside the front in dispatch order, as last read
         self._read_all = False  # that read found every job outside
         self._ranks: dict[str, int] = {}  # rank generations when it was read
         self._recheck_at = 0.0  # monotonic: look for late spills then (0: no need)
 
-    def keep(self, led: bool = False) -> None:
-        """``led``: the caller holds the keeper's lease already (the worker's keeper, worker/step.py)."""
-        if not led and not self._store.lead(self._owner, LEASE):
-            self.forget()
-            return
+    def keep(self) -> None:
+        """Only by the holder of the keeper's lease (worker/step.py): one process keeps the front."""
         if self._recheck_at and time.monotonic() >= self._recheck_at:
             self._recheck_at = 0.0
             self._store.enter_front(self._store.outside_front(OUTSIDE_READ))

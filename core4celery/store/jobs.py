@@ -222,22 +222,13 @@ class JobStore:
         return {row["_id"]: int(row["n"]) for row in rows}
 
     def running_on(self, worker_id: str, among: Collection[ObjectId] | None = None) -> list[JobDoc]:
-        """``among``: look only at these jobs (see :meth:`active_ids`)."""
+        """``among``: look only at these jobs (the slot holders, ``SlotState.active``: a query on anything but
+        ``_id`` reads every document on SecantusDB, 2.4 s at 100,000 waiting jobs)."""
         query = {"locked.worker": worker_id, "state": State.RUNNING.value}
         return list(self._connection.jobs.find(_among(query, among), RUN_FIELDS))  # type: ignore[arg-type]
 
     def holders(self, name: str) -> list[ObjectId]:
         return [entry["id"] for entry in self._slots.read().holders.get(name, [])]
-
-    def active_ids(self) -> list[ObjectId]:
-        """Every job holding slots (a ticket out or running), from the small slots document.
-
-        Housekeeping looks these up by id instead of querying the jobs
-        collection: a query on anything but ``_id`` reads every document on
-        SecantusDB (2.4 s at 100,000 waiting jobs), and every worker runs a
-        round each second.
-        """
-        return self._slots.read().active()
 
     # -- enqueue and dispatch --------------------------------------------------
     def enqueue(self, doc: JobDoc, front: bool = True) -> None:
@@ -555,19 +546,17 @@ class JobStore:
         query_at = later(run.defer_time, stamp)
         error = {"exception": f"JobDeferred({message!r})", "traceback": None, "at": stamp}
         fields = {**run.ended(stamp), "query_at": query_at, "last_error": error}
-        if self._end_run(DEFER, run, fields, where={"woken_at": None}):
+        ending = {"locked.run": run.token, "killed_at": None}
+        if self._apply(DEFER, run.job_id, {"$set": fields}, where={**ending, "woken_at": None}):
             return query_at
-        if self._woken(run):  # her last child ended during this run (wake_mother): due at once
-            fields["query_at"] = stamp
-            if self._apply(DEFER, run.job_id, {"$set": fields, "$unset": {"woken_at": ""}},
-                           where={"locked.run": run.token, "killed_at": None}):
-                self._bump()
-                return stamp
+        current = self._overruled(run)  # one read: killed, lost, or a mother woken during this run
+        if current is None or current.get("woken_at") is None:
+            return None
+        fields["query_at"] = stamp  # her last child ended during this run (wake_mother): due at once
+        if self._apply(DEFER, run.job_id, {"$set": fields, "$unset": {"woken_at": ""}}, where=ending):
+            self._bump()
+            return stamp
         return None
-
-    def _woken(self, run: Run) -> bool:
-        current = self._running(run)
-        return current is not None and current.get("woken_at") is not None and not current.get("killed_at")
 
     def fail(self, run: Run, error: dict[str, Any], stamp: datetime, delay: float | None = None) -> State | None:
         """running → failed (attempts left, due after error_time or ``delay``) or error; None when the run lost
@@ -579,16 +568,23 @@ class JobStore:
         transition = FAIL if left > 0 else ERROR
         return transition.target if self._end_run(transition, run, fields) else None
 
-    def _end_run(self, transition: Transition, run: Run, fields: dict[str, Any],
-                 where: Mapping[str, Any] | None = None) -> bool:
-        """A kill requested during the run wins over its deferral or failure."""
-        guard = {"locked.run": run.token, "killed_at": None, **(where or {})}
-        if self._apply(transition, run.job_id, {"$set": fields}, where=guard):
+    def _end_run(self, transition: Transition, run: Run, fields: dict[str, Any]) -> bool:
+        if self._apply(transition, run.job_id, {"$set": fields}, where={"locked.run": run.token, "killed_at": None}):
             return True
+        self._overruled(run)
+        return False
+
+    def _overruled(self, run: Run) -> JobDoc | None:
+        """An ending was refused: the job as it is now, or None when the run lost it.
+
+        A kill requested during the run wins over its deferral or failure (the
+        caller then reports nothing).
+        """
         current = self._running(run)
         if current is not None and current.get("killed_at"):
-            self.kill(current, "killed on request")  # the ending is overruled: the caller reports nothing
-        return False
+            self.kill(current, "killed on request")
+            return None
+        return current
 
     def progress(self, run: Run, value: float, message: str | None) -> None:
         """Not a transition (no rev): frequent, and doubles as the run's heartbeat."""

@@ -57,7 +57,7 @@ class Ticker(threading.Thread):
         self.node = node
         self.identity = identity  # worker_id, hostname, concurrency, queues (a callable), started_at
         self.housekeeping = Housekeeping(core4.store, core4.outage, core4.settings.run_lease)
-        self.front = FrontKeeper(core4.store, identity["worker_id"])
+        self.front = FrontKeeper(core4.store)
         self.scheduler = Scheduler(core4.schedules, identity["worker_id"], core4.settings.worker_timeout,
                                    lambda: scheduled_tasks(core4.app.tasks), core4.enqueue,
                                    paused=lambda: core4.control.paused() is not None)
@@ -112,7 +112,7 @@ class Ticker(threading.Thread):
             self.core4.store.repair_slots()
             self.core4.dispatcher.reconcile()
             self.core4.dependencies.sweep()
-            self.front.keep(led=True)
+            self.front.keep()
             self.scheduler.beat()
         else:
             self.front.forget()

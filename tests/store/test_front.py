@@ -37,7 +37,7 @@ def trimmed(reg: Registry) -> tuple[FrontKeeper, list[Job], list[Job]]:
     """3 jobs of priority 0, then 6 of priority 1 (9 > 8): the keeper trims the front to 4."""
     low = [reg.enqueue("front", priority=0) for _ in range(3)]
     high = [reg.enqueue("front", priority=1) for _ in range(6)]
-    keeper = FrontKeeper(reg.store, "keeper", size=SIZE)
+    keeper = FrontKeeper(reg.store, size=SIZE)
     keeper.keep()
     return keeper, low, high
 

@@ -20,7 +20,7 @@ def housekeeping(reg: Registry) -> Housekeeping:
 
 def test_a_round_between_full_rounds_looks_up_jobs_by_id_among_the_holders(reg: Registry, hook: CommandHook) -> None:
     keeper = housekeeping(reg)
-    keeper.round(reg.store.active_ids())  # the first round of a process is a full one
+    keeper.round(reg.store.slots().active())  # the first round of a process is a full one
     lost = reg.enqueue("lost")
     assert reg.store.claim(lost, now(), -1.0) is Claim.TICKET  # a ticket whose lease is over
     expired = reg.store.claim(reg.enqueue("expired"), now(), 30.0)
@@ -31,7 +31,7 @@ def test_a_round_between_full_rounds_looks_up_jobs_by_id_among_the_holders(reg: 
     assert reg.store.request_remove(flagged["_id"])  # its remover died before moving it
 
     with hook.record():
-        keeper.round(reg.store.active_ids())
+        keeper.round(reg.store.slots().active())
 
     on_jobs = [query for command, collection, query in hook.queries if collection == reg.connection.jobs.name]
     assert on_jobs and all("_id" in query for query in on_jobs), on_jobs
@@ -39,5 +39,5 @@ def test_a_round_between_full_rounds_looks_up_jobs_by_id_among_the_holders(reg: 
     assert reg.live(running["_id"])["state"] != "running"  # recovered
     assert reg.live(flagged["_id"]) is not None  # not a holder: left to the next full round
 
-    housekeeping(reg).round(reg.store.active_ids())  # a full round (a new process's first)
+    housekeeping(reg).round(reg.store.slots().active())  # a full round (a new process's first)
     assert reg.live(flagged["_id"]) is None and reg.journaled(flagged["_id"]) is not None
