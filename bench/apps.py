@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from celery import Celery
-from pymongo import MongoClient
 
+from bench.common import trace_collection
 from core4celery import Core4, Core4Task
 
 URL = os.environ["CORE4CELERY_MONGODB_URL"]
@@ -21,15 +21,10 @@ URL = os.environ["CORE4CELERY_MONGODB_URL"]
 app = Celery("bench", broker=URL, backend=URL)
 app.conf.update(json.loads(os.environ.get("CORE4CELERY_BENCH_CONF") or "{}"))
 core4 = Core4(app)
-_trace: dict[int, Any] = {}
 
 
 def trace() -> Any:
-    """The ``bench_trace`` collection, one client per process (pool children must not share)."""
-    pid = os.getpid()
-    if pid not in _trace:
-        _trace[pid] = MongoClient(URL).get_default_database()["bench_trace"]
-    return _trace[pid]
+    return trace_collection(URL)
 
 
 @app.task(base=Core4Task, bind=True, name="bench.core4_trivial", author="bench", max_parallel=100)

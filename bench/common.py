@@ -19,6 +19,18 @@ from core4celery.devserver import TestServer
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("CORE4CELERY_BENCH_RESULTS") or REPO / "bench" / "results")
 CONF_ENV = "CORE4CELERY_BENCH_CONF"
+_traces: dict[tuple[int, str], Any] = {}
+
+
+def trace_collection(url: str) -> Any:
+    """The ``bench_trace`` collection of ``url``'s database, where jobs record their start and finish;
+    one client per process (pool children must not share their parent's)."""
+    from pymongo import MongoClient
+
+    key = (os.getpid(), url)
+    if key not in _traces:
+        _traces[key] = MongoClient(url).get_default_database()["bench_trace"]
+    return _traces[key]
 
 
 def count_commands() -> Path:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 from celery import Celery
+
+from bench.common import trace_collection
 
 URL = os.environ.get("CORE4CELERY_BENCH_PLAIN_URL") or os.environ["CORE4CELERY_MONGODB_URL"]
 
@@ -23,6 +26,32 @@ app.conf.update(
 app.conf.update(json.loads(os.environ.get("CORE4CELERY_BENCH_CONF") or "{}"))
 
 
+def trace() -> Any:
+    return trace_collection(URL)
+
+
 @app.task(name="bench.plain_only")
 def plain_only(i: int) -> float:
     return time.time()
+
+
+def _limited(seconds: float) -> None:
+    began = time.time()
+    time.sleep(seconds)
+    trace().insert_one({"start": began, "finish": time.time()})
+
+
+@app.task(name="bench.plain_limited", acks_late=True)
+def plain_limited(i: int, seconds: float) -> int:
+    """``bench.limited``'s twin. Late acks: a process takes its next message only when it is free, as a
+    core4celery ticket exists only for a free slot."""
+    _limited(seconds)
+    return i
+
+
+@app.task(name="bench.plain_limited_early")
+def plain_limited_early(i: int, seconds: float) -> int:
+    """Celery's default early acks: the worker takes the next message while the last one still runs
+    (faster; core4celery cannot do this, a prefetched message would run out of priority order)."""
+    _limited(seconds)
+    return i

@@ -40,3 +40,6 @@ def test_benchmark_runs(script: str, tmp_path: Path) -> None:
     assert report["server"]
     if script != "recovery":
         assert (tmp_path / f"{script}.png").stat().st_size > 1000
+    if script == "max_parallel":  # plain Celery ran the same jobs beside it, within its three processes
+        assert {report["plain"]["peak"], report["plain_early_acks"]["peak"]} <= {1, 2, 3}
+        assert report["ratio"] > 0
