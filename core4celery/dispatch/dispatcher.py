@@ -155,11 +155,17 @@ class Dispatcher:
                 # every further try would cost three commands for nothing; the next tick rereads
                 break
             if claim is Claim.TICKET and doc is not None:
+                self._publish(doc, ring or self._elsewhere(doc, handed))
                 handed = None
-                self._publish(doc, ring)
                 issued += 1
         self._candidates = [doc for doc in self._candidates if doc["_id"] not in used]
         return issued, handed
+
+    @staticmethod
+    def _elsewhere(doc: Doc, handed: Holder | None) -> bool:
+        """A handed-over ticket for another queue than the finished job's: the finishing worker's nudge
+        reaches only its own consumer, which may not consume that queue, so it rings."""
+        return handed is not None and holder_of(doc).queue != handed.queue
 
     def _window(self, candidates: list[Doc], used: set[object], state: SlotState, handed: Holder | None,
                 stamp: datetime) -> list[Doc]:
