@@ -53,6 +53,10 @@ class Cluster:
         for proc in self.workers:
             proc.kill9()
             proc.stop()
+        # the test process's own clients: left open, a full suite holds the test server's 1,000 connections
+        self.trace.database.client.close()
+        self.core4.close()
+        self.app.close()
 
 
 @pytest.fixture

@@ -156,7 +156,11 @@ def test_time_limit_kills_the_run_like_kill(results: Results) -> None:
         sent.get(timeout=30)
     doc = core4.get(sent.id)
     assert doc["state"] == "killed" and doc["trial"] == 1 and doc["runtime"] < 10
-    log = worker.output()
-    assert "time_limit of 1 s exceeded: its pool process" in log
+    # the worker logs the kill after the registry has it: wait for the line, not just the state
+    def logged() -> str | None:
+        out = worker.output()
+        return out if "time_limit of 1 s exceeded: its pool process" in out else None
+
+    log = wait_for(logged, 10, what="the worker to log the time-limit kill")
     assert "WorkerLostError" not in log and "Traceback" not in log
     assert app.tasks["r.too_long"].delay(0).get(timeout=30) == "finished"  # the pool took the next one
